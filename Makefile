@@ -1,0 +1,25 @@
+# Two commands: `make test` and `make demo`. Both create .venv when missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+demo: $(STAMP)
+	$(VENV)/bin/beamvec demo
+
+bench: $(STAMP)
+	$(VENV)/bin/beamvec bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

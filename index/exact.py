@@ -1,0 +1,179 @@
+"""Exact top-k search by brute force: the ground truth for every test and benchmark.
+
+Scores follow the metric: ``dot_product`` and ``cosine`` report the similarity
+(higher is better), ``squared_l2`` the squared distance (lower is better).
+Internally everything ranks by a *key* where higher is better (the negated
+distance for ``squared_l2``), so merging partial results never needs the metric.
+
+Results are ``(rows, scores)``: (n, k) arrays of row positions (int64, -1 where
+fewer than k rows exist) and scores (float32, NaN there). Results are a pure
+function of the input (no randomness, ties ordered by row position).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+METRICS = ("dot_product", "cosine", "squared_l2")
+
+# Queries scored per matrix product: bounds the (block, rows) score matrix.
+_QUERY_BLOCK = 1024
+
+
+def check_metric(metric: str) -> str:
+    """Return ``metric`` or raise ValueError naming the metrics beamvec knows."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
+    return metric
+
+
+def prepare(vectors: np.ndarray, metric: str) -> np.ndarray:
+    """Vectors as contiguous float32, unit-normalised for ``cosine`` (zero vectors stay zero)."""
+    out = np.ascontiguousarray(vectors, dtype=np.float32)
+    if check_metric(metric) == "cosine":
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        out = out / np.where(norms > 0, norms, 1).astype(np.float32)
+    return out
+
+
+def keys_from_scores(scores: np.ndarray, metric: str) -> np.ndarray:
+    """Ranking keys (higher is better) from metric scores."""
+    return -scores if metric == "squared_l2" else scores
+
+
+def scores_from_keys(keys: np.ndarray, metric: str) -> np.ndarray:
+    """Metric scores from ranking keys."""
+    return -keys if metric == "squared_l2" else keys
+
+
+def score_matrix(queries: np.ndarray, rows: np.ndarray, metric: str, row_norms: np.ndarray | None = None) -> np.ndarray:
+    """Ranking keys of every query against every row, as one matrix product (n_queries, n_rows)."""
+    keys = queries @ rows.T
+    if metric == "squared_l2":
+        norms = row_norms if row_norms is not None else np.einsum("ij,ij->i", rows, rows)
+        # -(|q|^2 - 2 q.r + |r|^2); |q|^2 is kept so keys are true negated distances.
+        keys = 2 * keys - norms[None, :] - np.einsum("ij,ij->i", queries, queries)[:, None]
+    return keys
+
+
+def top_k(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``keys``, the positions and keys of the k highest, best first.
+
+    Within the k, ties are ordered by position. Entries of ``keys`` may be -inf
+    for excluded rows; their positions come back as -1 with key -inf.
+    """
+    n, m = keys.shape
+    if m == 0 or k == 0:
+        return np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32)
+    kk = min(k, m)
+    if kk < m:
+        part = np.argpartition(-keys, kk - 1, axis=1)[:, :kk]
+    else:
+        part = np.broadcast_to(np.arange(m), (n, m)).copy()
+    part_keys = np.take_along_axis(keys, part, axis=1)
+    order = np.lexsort((part, -part_keys), axis=1)
+    pos = np.take_along_axis(part, order, axis=1).astype(np.int64)
+    best = np.take_along_axis(part_keys, order, axis=1).astype(np.float32)
+    pos[~np.isfinite(best)] = -1
+    if kk < k:
+        pos = np.pad(pos, ((0, 0), (0, k - kk)), constant_values=-1)
+        best = np.pad(best, ((0, 0), (0, k - kk)), constant_values=-np.inf)
+    return pos, best
+
+
+def search_rows(
+    vectors: np.ndarray, queries: np.ndarray, k: int, metric: str, rows: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of ``queries`` among ``vectors[rows]`` (all rows when None).
+
+    ``vectors`` and ``queries`` must already be prepared (see :func:`prepare`).
+    All queries are scored against the same rows with one matrix product per
+    block of queries. Returns (row positions into ``vectors``, keys).
+    """
+    subset = vectors if rows is None else vectors[rows]
+    norms = np.einsum("ij,ij->i", subset, subset) if metric == "squared_l2" else None
+    out_pos = np.empty((len(queries), k), np.int64)
+    out_keys = np.empty((len(queries), k), np.float32)
+    for start in range(0, len(queries), _QUERY_BLOCK):
+        block = queries[start:start + _QUERY_BLOCK]
+        pos, keys = top_k(score_matrix(block, subset, metric, norms), k)
+        if rows is not None and len(rows):
+            pos = np.where(pos >= 0, rows[np.maximum(pos, 0)], -1)
+        out_pos[start:start + len(block)] = pos
+        out_keys[start:start + len(block)] = keys
+    return out_pos, out_keys
+
+
+def search(
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    metric: str,
+    masks: Sequence[np.ndarray | None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact filtered top-k: ground truth.
+
+    ``masks[i]`` is query i's boolean row mask (None = every row). Queries whose
+    masks are the same object are scored together with one matrix product, so pass
+    one mask object per distinct predicate. Returns (rows, scores) as described in
+    the module docstring.
+    """
+    check_metric(metric)
+    vectors = prepare(vectors, metric)
+    queries = prepare(queries, metric)
+    n = len(queries)
+    masks = list(masks) if masks is not None else [None] * n
+    if len(masks) != n:
+        raise ValueError(f"{len(masks)} masks for {n} queries")
+    groups: dict[int, list[int]] = {}
+    by_id: dict[int, np.ndarray | None] = {}
+    for i, mask in enumerate(masks):
+        groups.setdefault(id(mask), []).append(i)
+        by_id[id(mask)] = mask
+    rows = np.full((n, k), -1, np.int64)
+    keys = np.full((n, k), -np.inf, np.float32)
+    for key, members in groups.items():
+        mask = by_id[key]
+        subset = None if mask is None else np.flatnonzero(mask)
+        members = np.asarray(members)
+        rows[members], keys[members] = search_rows(vectors, queries[members], k, metric, subset)
+    return rows, finish(keys, metric)
+
+
+def finish(keys: np.ndarray, metric: str) -> np.ndarray:
+    """Scores from keys, NaN where no result exists (key -inf)."""
+    scores = scores_from_keys(keys.astype(np.float32), metric)
+    scores[~np.isfinite(keys)] = np.nan
+    return scores
+
+
+def merge(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge partial top-k lists into the top-k per query.
+
+    ``parts`` holds (handles, keys) pairs of (n, k_p) arrays: any int64 handle (-1 =
+    none) and ranking keys. Returns (handles, keys), (n, k), best first, -1 / -inf
+    padded.
+    """
+    handles = np.concatenate([h for h, _ in parts], axis=1)
+    keys = np.concatenate([np.where(h >= 0, kk, -np.inf) for h, kk in parts], axis=1)
+    pos, best = top_k(keys, k)
+    out = np.take_along_axis(handles, np.maximum(pos, 0), axis=1)
+    out[pos < 0] = -1
+    return out, best
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per query, the fraction of the true result rows found (1.0 where truth is empty).
+
+    ``found`` and ``truth`` are (n, k) handle arrays with -1 padding; handles must be
+    comparable (e.g. global row numbers or ids).
+    """
+    out = np.ones(len(truth))
+    for i, (f, t) in enumerate(zip(found, truth)):
+        t = set(t[t != -1].tolist()) if t.dtype != object else {x for x in t if x is not None}
+        if t:
+            f = set(f.tolist())
+            out[i] = len(t & f) / len(t)
+    return out

@@ -1,0 +1,189 @@
+"""An index: a directory of shards, one per partition, and the manifest that names them.
+
+``build_index`` writes one; ``Index.open`` reads one; ``Index.search`` answers a
+batch of filtered queries: it routes each query to the partitions whose
+description can hold a matching row, searches each such shard once for all its
+queries, and merges the per-partition top-k into the global top-k.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from beamvec.index import exact, fs
+from beamvec.index.manifest import Manifest, ManifestError, PartitionEntry, check_relative_path, checksum
+from beamvec.index.predicate import Box, MATCH_ALL, Predicate, may_match, parse
+from beamvec.index.shard import SearchParams, SearchStats, Shard
+
+# Handles in merged results: partition ordinal * _ROW_SPACE + row.
+_ROW_SPACE = 1 << 40
+
+
+@dataclasses.dataclass(frozen=True)
+class Partition:
+    """Rows to put in one shard, and the predicate they all satisfy (MATCH_ALL for none)."""
+
+    rows: np.ndarray
+    description: Predicate = MATCH_ALL
+
+
+def description_box(description: Predicate) -> Box:
+    """The region of attribute space a partition description confines its rows to."""
+    box = Box.everything()
+    for atom, holds in description.conjuncts():
+        box = box.restrict(atom, holds)
+    return box
+
+
+def write_shard(index_path: str, partition_id: str, shard: Shard, description: Predicate = MATCH_ALL) -> PartitionEntry:
+    """Save ``shard`` under the index directory; return its manifest entry."""
+    filesystem = fs.filesystem_for(index_path)
+    relative = check_relative_path(f"shards/{partition_id}")
+    path = filesystem.join(index_path, relative)
+    shard.save(path)
+    return PartitionEntry(partition_id, description.to_text(), shard.num_rows, relative, checksum(path))
+
+
+def id_type_name(ids: pa.Array) -> str:
+    """'int64' or 'string': how an index hands ids back."""
+    if pa.types.is_integer(ids.type):
+        return "int64"
+    if pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type):
+        return "string"
+    raise ValueError(f"ids must be strings or integers, got {ids.type}")
+
+
+def build_index(
+    path: str,
+    ids: pa.Array | Sequence,
+    vectors: np.ndarray,
+    attributes: pa.Table | None = None,
+    metric: str = "dot_product",
+    partitions: Sequence[Partition] | None = None,
+    plan: dict | None = None,
+    config: str | None = None,
+    recall_target: float = 0.95,
+    seed: int = 0,
+) -> Manifest:
+    """Build an index in-process: one shard per partition (default: one for all rows).
+
+    Shards are written first, the manifest last, so a reader never sees an index
+    whose shards are not all in place.
+    """
+    ids = ids if isinstance(ids, pa.Array) else pa.array(list(ids))
+    vectors = np.asarray(vectors, np.float32)
+    attributes = attributes if attributes is not None else pa.table({})
+    partitions = partitions if partitions is not None else [Partition(np.arange(len(vectors)))]
+    fs.filesystem_for(path).makedirs(path)
+    entries = []
+    for ordinal, part in enumerate(partitions):
+        rows = pa.array(np.asarray(part.rows, np.int64))
+        shard = Shard.build(
+            ids.take(rows), vectors[part.rows],
+            attributes.take(rows) if attributes.num_columns else None,
+            metric=metric, config=config, recall_target=recall_target, seed=seed,
+        )
+        entries.append(write_shard(path, f"p{ordinal:05d}", shard, part.description))
+    manifest = Manifest(metric, vectors.shape[1], id_type_name(ids), tuple(entries), plan)
+    manifest.write(path)
+    return manifest
+
+
+class Index:
+    """An opened index. Shards load on first use and stay loaded.
+
+    ``stats`` accumulates what searches did (queries per strategy, rows scored);
+    ``partitions_searched`` counts (query, partition) pairs searched.
+    """
+
+    def __init__(self, path: str, manifest: Manifest, verify: bool = True):
+        self.path = path
+        self.manifest = manifest
+        self.verify = verify
+        self.stats = SearchStats()
+        self.partitions_searched = 0
+        self._shards: dict[str, Shard] = {}
+        self._boxes = [description_box(parse(p.description)) for p in manifest.partitions]
+
+    @classmethod
+    def open(cls, path: str, verify: bool = True) -> "Index":
+        """Open the index at ``path``. With ``verify``, each shard's checksum is checked when it loads."""
+        return cls(path, Manifest.read(path), verify)
+
+    @property
+    def metric(self) -> str:
+        return self.manifest.metric
+
+    @property
+    def dimension(self) -> int:
+        return self.manifest.dimension
+
+    def shard(self, ordinal: int) -> Shard:
+        """The shard of partition ``ordinal``, loaded (and checked) on first use."""
+        entry = self.manifest.partitions[ordinal]
+        if entry.id not in self._shards:
+            filesystem = fs.filesystem_for(self.path)
+            path = filesystem.join(self.path, check_relative_path(entry.path))
+            if self.verify and checksum(path) != entry.checksum:
+                raise ManifestError(f"shard {entry.id} at {path} does not match its checksum in the manifest")
+            shard = Shard.load(path, metric=self.metric, dimension=self.dimension)
+            if shard.num_rows != entry.rows:
+                raise ManifestError(f"shard {entry.id} holds {shard.num_rows} rows, the manifest says {entry.rows}")
+            self._shards[entry.id] = shard
+        return self._shards[entry.id]
+
+    def route(self, predicates: Sequence[Predicate]) -> list[np.ndarray]:
+        """Per partition, the positions of the queries whose predicate may match a row in it."""
+        distinct = {p: i for i, p in enumerate(dict.fromkeys(predicates))}
+        reach = np.array([[may_match(p, box) for box in self._boxes] for p in distinct], dtype=bool).reshape(len(distinct), -1)
+        per_query = reach[[distinct[p] for p in predicates]] if predicates else reach[:0]
+        return [np.flatnonzero(per_query[:, j]) for j in range(len(self._boxes))]
+
+    def search(
+        self,
+        vectors: np.ndarray,
+        predicates: Sequence[str | Predicate | None] | None = None,
+        k: int = 10,
+        params: SearchParams | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k items per query under its predicate.
+
+        ``vectors`` is (n, d) float32; ``predicates`` n texts or Predicates (None or
+        '' = no filter). Returns (ids, scores), each (n, k), best first: ids as given
+        at build (int64 padded with -1, or strings in an object array padded with
+        None), scores float32 padded with NaN.
+        """
+        vectors = np.asarray(vectors, np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dimension:
+            raise ValueError(f"query vectors have shape {vectors.shape}; the index has dimension {self.dimension}")
+        n = len(vectors)
+        parsed = [p if isinstance(p, Predicate) else parse(p) for p in (predicates or [None] * n)]
+        if len(parsed) != n:
+            raise ValueError(f"{len(parsed)} predicates for {n} queries")
+        best = (np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32))
+        for ordinal, members in enumerate(self.route(parsed)):
+            if len(members) == 0:
+                continue
+            result = self.shard(ordinal).search(vectors[members], k, [parsed[i] for i in members], params)
+            self.stats.add(result.stats)
+            self.partitions_searched += len(members)
+            handles = np.full((n, k), -1, np.int64)
+            keys = np.full((n, k), -np.inf, np.float32)
+            handles[members] = np.where(result.rows >= 0, ordinal * _ROW_SPACE + result.rows, -1)
+            keys[members] = result.keys
+            best = exact.merge([best, (handles, keys)], k)
+        return self._ids(best[0]), exact.finish(best[1], self.metric)
+
+    def _ids(self, handles: np.ndarray) -> np.ndarray:
+        integer = self.manifest.id_type == "int64"
+        out = np.full(handles.shape, -1 if integer else None, np.int64 if integer else object)
+        ordinal = np.where(handles >= 0, handles // _ROW_SPACE, -1)
+        for o in np.unique(ordinal[ordinal >= 0]):
+            where = ordinal == o
+            rows = handles[where] % _ROW_SPACE
+            out[where] = np.asarray(self.shard(int(o)).ids.take(pa.array(rows)).to_numpy(zero_copy_only=False))
+        return out

@@ -1,0 +1,118 @@
+"""The index manifest: what an index directory holds, written last and atomically.
+
+``manifest.json`` names the format version, metric, dimension, id type, the
+partition plan (if any) and, per partition, its id, description (a predicate
+every row in it satisfies; '' for none), row count, shard path (relative to the
+index directory, never escaping it) and content checksum.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import posixpath
+
+from beamvec.index import fs
+
+FORMAT = "beamvec.index"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class ManifestError(ValueError):
+    """A manifest is missing, malformed, or points outside its index."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PartitionEntry:
+    """One partition: its id, description (predicate text, '' = none), rows, shard path and checksum."""
+
+    id: str
+    description: str
+    rows: int
+    path: str
+    checksum: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """Everything needed to open an index: format, metric, dimension, id type, plan and partitions."""
+
+    metric: str
+    dimension: int
+    id_type: str
+    partitions: tuple[PartitionEntry, ...]
+    plan: dict | None = None
+
+    @property
+    def num_rows(self) -> int:
+        return sum(p.rows for p in self.partitions)
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "metric": self.metric,
+            "dimension": self.dimension,
+            "id_type": self.id_type,
+            "plan": self.plan,
+            "partitions": [dataclasses.asdict(p) for p in self.partitions],
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Manifest":
+        """Parse and check a manifest object; ManifestError on anything wrong."""
+        if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+            raise ManifestError(f"not a beamvec index manifest (format {obj.get('format') if isinstance(obj, dict) else None!r})")
+        if obj.get("version") != FORMAT_VERSION:
+            raise ManifestError(f"manifest version {obj.get('version')!r}; this beamvec reads version {FORMAT_VERSION}")
+        try:
+            partitions = tuple(PartitionEntry(**p) for p in obj["partitions"])
+            manifest = cls(str(obj["metric"]), int(obj["dimension"]), str(obj["id_type"]), partitions, obj.get("plan"))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ManifestError(f"malformed manifest: {e}") from e
+        seen = set()
+        for p in partitions:
+            check_relative_path(p.path)
+            if p.id in seen:
+                raise ManifestError(f"partition id {p.id!r} appears twice")
+            seen.add(p.id)
+        return manifest
+
+    def write(self, index_path: str) -> None:
+        """Write ``manifest.json`` into ``index_path`` atomically (temp file + rename)."""
+        filesystem = fs.filesystem_for(index_path)
+        data = json.dumps(self.to_json(), indent=2, sort_keys=True).encode()
+        filesystem.write_bytes(filesystem.join(index_path, MANIFEST), data)
+
+    @classmethod
+    def read(cls, index_path: str) -> "Manifest":
+        filesystem = fs.filesystem_for(index_path)
+        path = filesystem.join(index_path, MANIFEST)
+        if not filesystem.exists(path):
+            raise ManifestError(f"{index_path}: no {MANIFEST} (not an index, or its build did not finish)")
+        try:
+            obj = json.loads(filesystem.read_bytes(path))
+        except ValueError as e:
+            raise ManifestError(f"{path}: not valid JSON: {e}") from e
+        return cls.from_json(obj)
+
+
+def check_relative_path(path: str) -> str:
+    """``path`` if it is a plain relative path inside the index; ManifestError otherwise."""
+    if (not path or path.startswith(("/", "\\")) or "\\" in path or "://" in path or ":" in path.split("/")[0]
+            or any(part in ("", ".", "..") for part in path.split("/"))
+            or posixpath.normpath(path) != path):
+        raise ManifestError(f"shard path {path!r} must be a plain relative path inside the index directory")
+    return path
+
+
+def checksum(shard_path: str) -> str:
+    """SHA-256 over a shard directory's file names and contents, in name order."""
+    filesystem = fs.filesystem_for(shard_path)
+    digest = hashlib.sha256()
+    for name in filesystem.listdir(shard_path):
+        digest.update(name.encode() + b"\0")
+        digest.update(hashlib.sha256(filesystem.read_bytes(filesystem.join(shard_path, name))).digest())
+    return "sha256:" + digest.hexdigest()

@@ -1,0 +1,479 @@
+"""A shard: one ScaNN searcher over a set of rows, with their ids and attributes beside it.
+
+Build once (``Shard.build``), save as a directory (``save``), load anywhere
+(``Shard.load``), answer batches of filtered queries (``search``). Each query of a
+batch gets the strategy its predicate's selectivity calls for:
+
+* pre-filter: exact scores of only the matching rows; the queries that share a
+  predicate are scored with one matrix product (HQI's multi-query optimisation);
+* post-filter: ScaNN over all rows with an over-fetch sized from the selectivity,
+  then the filter; one ``search_batched`` call per fetch size. A query left with
+  fewer than min(k, matching rows) results falls back to pre-filter, so every query
+  gets min(k, matching rows) results.
+
+A cost model with a tunable ratio (:class:`SearchParams`) picks between the two.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import os
+import re
+import tempfile
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from beamvec.index import exact, fs
+from beamvec.index.predicate import MATCH_ALL, Predicate, parse
+
+FORMAT = "beamvec.shard"
+FORMAT_VERSION = 1
+HEADER = "shard.json"
+ROWS = "rows.parquet"
+DATASET = "dataset.npy"
+ASSETS = "scann_assets.pbtxt"
+
+# Shards up to this many rows are searched by brute force.
+BRUTE_FORCE_ROWS = 20_000
+# Seeds and the unbalanced k-means trainer make ScaNN's build deterministic:
+# identical input gives identical partitions, codebooks and results.
+_DETERMINISTIC_PARTITIONING = "partitioning {\n  clustering_seed: 1\n  balancing_type: DEFAULT_UNBALANCED\n"
+_CALIBRATION_QUERIES = 256
+_CALIBRATION_K = 10
+_MASK_CACHE = 512
+# Cost of scoring one row relative to one float dot product, by method.
+_COST_GEMM = 1.0  # pre-filter: gather + matrix product
+_COST_AH = 0.25  # post-filter: asymmetric hashing with 16-entry lookup tables
+_COST_REORDER = 2.0  # post-filter: exact re-scoring of fetched candidates
+
+
+class ShardFormatError(ValueError):
+    """A shard directory cannot be loaded: missing files, a bad header, or a mismatch."""
+
+
+def _scann():
+    from scann.scann_ops.py import scann_ops_pybind
+
+    return scann_ops_pybind
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardConfig:
+    """How a shard's ScaNN searcher is built, as one spec string that round-trips.
+
+    ``Brute`` is exact brute force. ``Tree1000,AH2,Reorder100`` is a k-means tree of
+    1000 leaves, asymmetric hashing with 2 dimensions per block, and exact
+    re-scoring of the best 100 candidates.
+    """
+
+    num_leaves: int = 0
+    dims_per_block: int = 2
+    reorder: int = 100
+
+    @property
+    def brute_force(self) -> bool:
+        return self.num_leaves == 0
+
+    def spec(self) -> str:
+        """The spec string, e.g. ``Tree447,AH2,Reorder100`` or ``Brute``."""
+        if self.brute_force:
+            return "Brute"
+        return f"Tree{self.num_leaves},AH{self.dims_per_block},Reorder{self.reorder}"
+
+    @classmethod
+    def parse(cls, spec: str) -> "ShardConfig":
+        """The config a spec string describes; ValueError naming the expected form otherwise."""
+        if spec.strip().lower() == "brute":
+            return cls()
+        m = re.fullmatch(r"\s*tree(\d+)\s*,\s*ah(\d+)\s*,\s*reorder(\d+)\s*", spec, re.IGNORECASE)
+        if not m or int(m[1]) < 1 or int(m[2]) < 1 or int(m[3]) < 1:
+            raise ValueError(f"bad shard spec {spec!r}: expected 'Brute' or 'Tree<leaves>,AH<dims>,Reorder<n>'")
+        return cls(int(m[1]), int(m[2]), int(m[3]))
+
+    @classmethod
+    def for_shape(cls, rows: int, dimension: int) -> "ShardConfig":
+        """The default for a shard: brute force when small, else a tree of about sqrt(rows) leaves."""
+        if rows <= BRUTE_FORCE_ROWS:
+            return cls()
+        return cls(num_leaves=max(2, round(math.sqrt(rows))), dims_per_block=2, reorder=100)
+
+    def scann_config(self, vectors: np.ndarray, metric: str) -> str:
+        """ScaNN's text config for these vectors (already prepared for ``metric``)."""
+        distance = "squared_l2" if metric == "squared_l2" else "dot_product"
+        builder = _scann().builder(vectors, _CALIBRATION_K, distance)
+        if self.brute_force:
+            return builder.score_brute_force().create_config()
+        n = len(vectors)
+        threshold = 0.2 if distance == "dot_product" else float("nan")
+        config = (
+            builder.tree(self.num_leaves, 1, training_sample_size=min(n, 100_000))
+            .score_ah(self.dims_per_block, anisotropic_quantization_threshold=threshold)
+            .reorder(self.reorder)
+            .create_config()
+        )
+        return config.replace("partitioning {", _DETERMINISTIC_PARTITIONING, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchParams:
+    """Knobs of :meth:`Shard.search`.
+
+    ``prefilter_cost_ratio``: a query is pre-filtered when the pre-filter's estimated
+    cost is at most this times the post-filter's (higher favours exact pre-filter).
+    ``overfetch``: the post-filter fetches ``overfetch * k / selectivity`` candidates.
+    ``leaves_to_search``: overrides the calibrated number of leaves.
+    """
+
+    prefilter_cost_ratio: float = 1.0
+    overfetch: float = 2.0
+    leaves_to_search: int | None = None
+
+
+@dataclasses.dataclass
+class SearchStats:
+    """What a search did: queries per strategy, fallbacks, and rows scored."""
+
+    prefiltered: int = 0
+    postfiltered: int = 0
+    fallbacks: int = 0
+    rows_scored: int = 0
+
+    def add(self, other: "SearchStats") -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """The leaves to search for unfiltered recall@10 >= target, measured on the shard's own rows."""
+
+    leaves_to_search: int
+    recall: float
+    target: float
+    queries: int
+
+
+class Shard:
+    """One ScaNN searcher over rows with ids and attributes. Build with :meth:`build` or :meth:`load`."""
+
+    def __init__(self, ids: pa.Array, attributes: pa.Table, vectors: np.ndarray, metric: str,
+                 config: ShardConfig, calibration: Calibration, searcher, scann_config: str):
+        self.ids = ids
+        self.attributes = attributes
+        self.vectors = vectors
+        self.metric = metric
+        self.config = config
+        self.calibration = calibration
+        self.scann_config = scann_config
+        self._searcher = searcher
+        self._masks: dict[Predicate, np.ndarray] = {}
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.vectors)
+
+    @property
+    def dimension(self) -> int:
+        return self.vectors.shape[1]
+
+    @classmethod
+    def build(
+        cls,
+        ids: pa.Array | Sequence,
+        vectors: np.ndarray,
+        attributes: pa.Table | None = None,
+        metric: str = "dot_product",
+        config: ShardConfig | str | None = None,
+        recall_target: float = 0.95,
+        seed: int = 0,
+    ) -> "Shard":
+        """Build a shard over ``vectors`` (n, d) with their ``ids`` and ``attributes`` (n rows).
+
+        ``config`` defaults to :meth:`ShardConfig.for_shape`. The leaves to search are
+        calibrated so that unfiltered recall@10 on a sample of the rows reaches
+        ``recall_target``; ``seed`` picks that sample. The same input gives the same shard.
+        """
+        exact.check_metric(metric)
+        ids = ids if isinstance(ids, pa.Array) else pa.array(list(ids))
+        vectors = np.asarray(vectors)
+        if vectors.ndim != 2 or len(vectors) == 0:
+            raise ValueError(f"a shard needs a non-empty (n, d) array of vectors, got shape {vectors.shape}")
+        if len(ids) != len(vectors):
+            raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
+        attributes = attributes if attributes is not None else pa.table({})
+        if attributes.num_columns and attributes.num_rows != len(vectors):
+            raise ValueError(f"{attributes.num_rows} attribute rows for {len(vectors)} vectors")
+        if not np.isfinite(vectors).all():
+            raise ValueError("vectors hold NaN or infinite values; validate items first (beamvec.index.schema)")
+        prepared = exact.prepare(vectors, metric)
+        config = ShardConfig.parse(config) if isinstance(config, str) else config
+        config = config or ShardConfig.for_shape(*prepared.shape)
+        scann_config = config.scann_config(prepared, metric)
+        searcher = _scann().create_searcher(prepared, scann_config, 0)
+        attributes = _with_ids(attributes, ids)
+        shard = cls(ids, attributes, prepared, metric, config, Calibration(0, 1.0, recall_target, 0),
+                    searcher, scann_config)
+        if not config.brute_force:
+            shard.calibration = shard._calibrate(recall_target, seed)
+        return shard
+
+    def _calibrate(self, target: float, seed: int) -> Calibration:
+        n = self.num_rows
+        sample = np.sort(np.random.default_rng(seed).choice(n, min(_CALIBRATION_QUERIES, n), replace=False))
+        queries = self.vectors[sample]
+        k = min(_CALIBRATION_K, n - 1)
+        truth, _ = exact.search_rows(self.vectors, queries, k + 1, self.metric)
+        truth = _drop_self(truth, sample, k)
+
+        def measure(leaves: int) -> float:
+            rows, _ = self._scann_search(queries, k + 1, leaves)
+            return float(exact.recall(_drop_self(rows, sample, k), truth).mean())
+
+        low, high = 0, 1
+        while high < self.config.num_leaves and measure(high) < target:
+            low, high = high, min(2 * high, self.config.num_leaves)
+        while high - low > 1:
+            mid = (low + high) // 2
+            low, high = (low, mid) if measure(mid) >= target else (mid, high)
+        return Calibration(high, measure(high), target, len(sample))
+
+    def _scann_search(self, queries: np.ndarray, fetch: int, leaves: int) -> tuple[np.ndarray, np.ndarray]:
+        """ScaNN top-``fetch`` (rows, keys), -1 / -inf where ScaNN found fewer."""
+        fetch = min(fetch, self.num_rows)
+        pre = max(self.config.reorder, fetch)
+        if self.config.brute_force:
+            idx, dist = self._searcher.search_batched(queries, fetch)
+        else:
+            idx, dist = self._searcher.search_batched_parallel(queries, fetch, pre, leaves, batch_size=64)
+        rows = np.asarray(idx, np.int64)
+        keys = exact.keys_from_scores(np.asarray(dist, np.float32), self.metric)
+        missing = np.isnan(keys)
+        rows[missing] = -1
+        keys[missing] = -np.inf
+        return rows, keys
+
+    def mask(self, predicate: Predicate) -> np.ndarray | None:
+        """The rows that satisfy ``predicate`` (None for no filter), cached per predicate."""
+        if predicate == MATCH_ALL:
+            return None
+        mask = self._masks.get(predicate)
+        if mask is None:
+            mask = predicate.evaluate(self.attributes)
+            if len(self._masks) >= _MASK_CACHE:
+                self._masks.pop(next(iter(self._masks)))
+            self._masks[predicate] = mask
+        return mask
+
+    def _post_cost(self, matches: int, k: int, params: SearchParams) -> tuple[float, int, int]:
+        """(cost, fetch, leaves) of a post-filter search for a predicate with ``matches`` rows."""
+        n = self.num_rows
+        fetch = min(n, _next_pow2(math.ceil(params.overfetch * k * n / max(matches, 1))))
+        if self.config.brute_force:
+            return n * _COST_GEMM + fetch, fetch, 0
+        per_leaf = n / self.config.num_leaves
+        leaves = params.leaves_to_search or self.calibration.leaves_to_search
+        # The searched leaves must hold enough matching rows to fill the fetch.
+        leaves = min(self.config.num_leaves, max(leaves, math.ceil(fetch / per_leaf)))
+        cost = leaves * per_leaf * _COST_AH + max(fetch, self.config.reorder) * _COST_REORDER
+        return cost, fetch, leaves
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        predicates: Sequence[Predicate | str | None] | None = None,
+        params: SearchParams | None = None,
+    ) -> "ShardResult":
+        """Top-k rows of this shard for each query under its own predicate.
+
+        ``queries`` is (n, d); ``predicates`` holds n predicates or texts (None or ''
+        = no filter; default all unfiltered). Predicates are validated against the
+        shard's attributes before any search (PredicateError on an unknown column or
+        a type mismatch).
+        """
+        params = params or SearchParams()
+        queries = exact.prepare(queries, self.metric)
+        if queries.ndim != 2 or queries.shape[1] != self.dimension:
+            raise ValueError(f"queries have shape {queries.shape}; this shard has dimension {self.dimension}")
+        n = len(queries)
+        parsed = [p if isinstance(p, Predicate) else parse(p) for p in (predicates or [None] * n)]
+        if len(parsed) != n:
+            raise ValueError(f"{len(parsed)} predicates for {n} queries")
+        groups: dict[Predicate, list[int]] = {}
+        for i, p in enumerate(parsed):
+            groups.setdefault(p, []).append(i)
+        for p in groups:
+            p.validate(self.attributes.schema)
+
+        result = ShardResult.empty(n, k)
+        pre: list[tuple[np.ndarray | None, np.ndarray]] = []
+        post: dict[tuple[int, int], list[tuple[np.ndarray | None, np.ndarray, int]]] = {}
+        for p, members in groups.items():
+            mask = self.mask(p)
+            matches = self.num_rows if mask is None else int(mask.sum())
+            members = np.asarray(members)
+            if matches == 0:
+                continue
+            post_cost, fetch, leaves = self._post_cost(matches, k, params)
+            if matches * _COST_GEMM <= params.prefilter_cost_ratio * post_cost:
+                pre.append((mask, members))
+            else:
+                post.setdefault((fetch, leaves), []).append((mask, members, matches))
+                result.stats.rows_scored += len(members) * (fetch + (leaves * self.num_rows // max(self.config.num_leaves, 1)))
+        for (fetch, leaves), entries in post.items():
+            self._post_filter(queries, k, fetch, leaves, entries, result, pre)
+        for mask, members in pre:
+            rows = None if mask is None else np.flatnonzero(mask)
+            result.rows[members], result.keys[members] = exact.search_rows(self.vectors, queries[members], k, self.metric, rows)
+            result.stats.prefiltered += len(members)
+            result.stats.rows_scored += len(members) * (self.num_rows if rows is None else len(rows))
+        return result
+
+    def _post_filter(self, queries, k, fetch, leaves, entries, result: "ShardResult", pre: list) -> None:
+        """One ScaNN call for all queries of a fetch size; short queries are queued for pre-filter."""
+        members = np.concatenate([m for _, m, _ in entries])
+        rows, keys = self._scann_search(queries[members], max(fetch, k), leaves)
+        offset = 0
+        for mask, group, matches in entries:
+            r, kk = rows[offset:offset + len(group)], keys[offset:offset + len(group)]
+            offset += len(group)
+            if mask is not None:
+                keep = (r >= 0) & mask[np.maximum(r, 0)]
+                kk = np.where(keep, kk, -np.inf)
+            pos, best = exact.top_k(kk, k)
+            got = np.take_along_axis(r, np.maximum(pos, 0), axis=1)
+            got[pos < 0] = -1
+            found = (got >= 0).sum(axis=1)
+            short = found < min(k, matches)
+            done = group[~short]
+            result.rows[done], result.keys[done] = got[~short], best[~short]
+            result.stats.postfiltered += len(done)
+            if short.any():
+                result.stats.fallbacks += int(short.sum())
+                pre.append((mask, group[short]))
+
+    def ids_of(self, rows: np.ndarray) -> pa.Array:
+        """The ids of row positions (-1 gives null), flattened row-major."""
+        flat = np.asarray(rows).reshape(-1)
+        return self.ids.take(pa.array(flat, mask=flat < 0))
+
+    def save(self, path: str) -> None:
+        """Write the shard as a directory: ScaNN assets, rows.parquet (ids and attributes), shard.json."""
+        filesystem = fs.filesystem_for(path)
+        with tempfile.TemporaryDirectory(prefix="beamvec-shard-") as tmp:
+            self._searcher.serialize(tmp, relative_path=True)
+            rows = io.BytesIO()
+            pq.write_table(self.attributes, rows)
+            with open(os.path.join(tmp, ROWS), "wb") as f:
+                f.write(rows.getvalue())
+            with open(os.path.join(tmp, HEADER), "w") as f:
+                json.dump(self.header(), f, indent=2, sort_keys=True)
+            filesystem.upload(tmp, path)
+
+    def header(self) -> dict:
+        """The JSON header: format, metric, dimension, rows, config and calibration."""
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "metric": self.metric,
+            "dimension": self.dimension,
+            "rows": self.num_rows,
+            "spec": self.config.spec(),
+            "calibration": dataclasses.asdict(self.calibration),
+            "scann_config": self.scann_config,
+        }
+
+    @classmethod
+    def load(cls, path: str, metric: str | None = None, dimension: int | None = None) -> "Shard":
+        """Load a saved shard; ShardFormatError on any missing file or mismatch.
+
+        ``metric`` and ``dimension``, when given, must match the header (an index
+        checks its shards this way).
+        """
+        filesystem = fs.filesystem_for(path)
+        with filesystem.local_copy(path) as local:
+            names = set(os.listdir(local))
+            if any(name.endswith(".pkl") for name in names):
+                raise ShardFormatError(f"{path}: holds a pickle file; beamvec never loads pickles")
+            for name in (HEADER, ROWS, DATASET, ASSETS):
+                if name not in names:
+                    raise ShardFormatError(f"{path}: not a shard, {name} is missing")
+            header = _read_header(os.path.join(local, HEADER), path)
+            _check(header.get("format") == FORMAT and header.get("version") == FORMAT_VERSION, path,
+                   f"format {header.get('format')!r} version {header.get('version')!r}, "
+                   f"expected {FORMAT!r} version {FORMAT_VERSION}")
+            for key, want in (("metric", metric), ("dimension", dimension)):
+                _check(want is None or header.get(key) == want, path, f"{key} {header.get(key)!r}, expected {want!r}")
+            _check(header.get("metric") in exact.METRICS, path, f"unknown metric {header.get('metric')!r}")
+            try:
+                config = ShardConfig.parse(str(header.get("spec")))
+                calibration = Calibration(**header["calibration"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise ShardFormatError(f"{path}: bad header: {e}") from e
+            vectors = np.load(os.path.join(local, DATASET), allow_pickle=False)
+            _check(vectors.shape == (header.get("rows"), header.get("dimension")), path,
+                   f"vectors have shape {vectors.shape}, header says ({header.get('rows')}, {header.get('dimension')})")
+            attributes = pq.read_table(os.path.join(local, ROWS))
+            _check(attributes.num_rows == header["rows"], path,
+                   f"{attributes.num_rows} rows in {ROWS}, header says {header['rows']}")
+            with open(os.path.join(local, ASSETS)) as f:
+                searcher = _scann().ScannSearcher(_scann().scann_pybind.ScannNumpy(local, f.read()))
+        ids = attributes.column("id").combine_chunks()
+        return cls(ids, attributes, vectors, header["metric"], config, calibration, searcher,
+                   str(header.get("scann_config", "")))
+
+
+@dataclasses.dataclass
+class ShardResult:
+    """Per query the k best row positions (-1 padding) and ranking keys (-inf padding), best first."""
+
+    rows: np.ndarray
+    keys: np.ndarray
+    stats: SearchStats
+
+    @classmethod
+    def empty(cls, n: int, k: int) -> "ShardResult":
+        return cls(np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32), SearchStats())
+
+
+def _with_ids(attributes: pa.Table, ids: pa.Array) -> pa.Table:
+    if "id" in attributes.column_names:
+        attributes = attributes.drop_columns(["id"])
+    if not attributes.num_columns:
+        return pa.table({"id": ids})
+    return attributes.add_column(0, "id", ids)
+
+
+def _drop_self(rows: np.ndarray, sample: np.ndarray, k: int) -> np.ndarray:
+    """The first k rows of each result that are not the query's own row."""
+    out = np.full((len(rows), k), -1, np.int64)
+    for i, (r, own) in enumerate(zip(rows, sample)):
+        r = r[r != own][:k]
+        out[i, :len(r)] = r
+    return out
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+def _read_header(local: str, path: str) -> dict:
+    try:
+        with open(local) as f:
+            header = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ShardFormatError(f"{path}: {HEADER} is not valid JSON: {e}") from e
+    if not isinstance(header, dict):
+        raise ShardFormatError(f"{path}: {HEADER} is not a JSON object")
+    return header
+
+
+def _check(ok: bool, path: str, problem: str) -> None:
+    if not ok:
+        raise ShardFormatError(f"{path}: {problem}")

@@ -1,0 +1,1 @@
+"""Runnable beamvec jobs and the beamvec command line."""

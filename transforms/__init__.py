@@ -1,0 +1,1 @@
+"""Beam PTransforms that wrap the beamvec core."""
