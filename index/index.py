@@ -33,10 +33,7 @@ class Partition:
 
 def description_box(description: Predicate) -> Box:
     """The region of attribute space a partition description confines its rows to."""
-    box = Box.everything()
-    for atom, holds in description.conjuncts():
-        box = box.restrict(atom, holds)
-    return box
+    return Box.everything().restrict(description, True)
 
 
 def write_shard(index_path: str, partition_id: str, shard: Shard, description: Predicate = MATCH_ALL) -> PartitionEntry:

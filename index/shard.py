@@ -46,6 +46,11 @@ BRUTE_FORCE_ROWS = 20_000
 _DETERMINISTIC_PARTITIONING = "partitioning {\n  clustering_seed: 1\n  balancing_type: DEFAULT_UNBALANCED\n"
 _CALIBRATION_QUERIES = 256
 _CALIBRATION_K = 10
+_CALIBRATION_FETCHES = (10, 16, 32, 64, 128, 256, 512, 1024, 2048)
+# Calibrate a little above the target: the sample's rows stand in for unseen queries.
+_CALIBRATION_MARGIN = 0.02
+# Candidates re-scored exactly per result fetched (at least the config's reorder).
+_REORDER_PER_FETCH = 4
 _MASK_CACHE = 512
 # Cost of scoring one row relative to one float dot product, by method.
 _COST_GEMM = 1.0  # pre-filter: gather + matrix product
@@ -151,12 +156,39 @@ class SearchStats:
 
 @dataclasses.dataclass(frozen=True)
 class Calibration:
-    """The leaves to search for unfiltered recall@10 >= target, measured on the shard's own rows."""
+    """Leaves to search, per fetch size, for recall >= target; measured on the shard's own rows.
 
-    leaves_to_search: int
+    ``leaves`` pairs each fetch size F (10, 16, 32, ... 2048) with the fewest leaves
+    for which ScaNN's top-F holds at least ``target`` of the exact top-F. A filter of
+    selectivity s needs about the unfiltered top-k/s, so the post-filter looks up
+    the leaves for its fetch size here. ``recall`` is the unfiltered recall@10 reached.
+    """
+
+    leaves: tuple[tuple[int, int], ...]
     recall: float
     target: float
     queries: int
+
+    @property
+    def leaves_to_search(self) -> int:
+        """Leaves for unfiltered top-10."""
+        return self.leaves[0][1] if self.leaves else 0
+
+    def leaves_for(self, fetch: int, num_leaves: int) -> int:
+        """Leaves for a fetch size: the entry of the next larger calibrated size, else all."""
+        for size, leaves in self.leaves:
+            if size >= fetch:
+                return leaves
+        return num_leaves
+
+    def to_json(self) -> dict:
+        return {"leaves": [list(p) for p in self.leaves], "recall": self.recall,
+                "target": self.target, "queries": self.queries}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Calibration":
+        return cls(tuple((int(f), int(l)) for f, l in obj["leaves"]), float(obj["recall"]),
+                   float(obj["target"]), int(obj["queries"]))
 
 
 class Shard:
@@ -217,7 +249,7 @@ class Shard:
         scann_config = config.scann_config(prepared, metric)
         searcher = _scann().create_searcher(prepared, scann_config, 0)
         attributes = _with_ids(attributes, ids)
-        shard = cls(ids, attributes, prepared, metric, config, Calibration(0, 1.0, recall_target, 0),
+        shard = cls(ids, attributes, prepared, metric, config, Calibration((), 1.0, recall_target, 0),
                     searcher, scann_config)
         if not config.brute_force:
             shard.calibration = shard._calibrate(recall_target, seed)
@@ -227,26 +259,31 @@ class Shard:
         n = self.num_rows
         sample = np.sort(np.random.default_rng(seed).choice(n, min(_CALIBRATION_QUERIES, n), replace=False))
         queries = self.vectors[sample]
-        k = min(_CALIBRATION_K, n - 1)
-        truth, _ = exact.search_rows(self.vectors, queries, k + 1, self.metric)
-        truth = _drop_self(truth, sample, k)
+        sizes = [f for f in _CALIBRATION_FETCHES if f < n]
+        truth_all, _ = exact.search_rows(self.vectors, queries, sizes[-1] + 1, self.metric)
 
-        def measure(leaves: int) -> float:
-            rows, _ = self._scann_search(queries, k + 1, leaves)
-            return float(exact.recall(_drop_self(rows, sample, k), truth).mean())
+        def measure(fetch: int, leaves: int) -> float:
+            rows, _ = self._scann_search(queries, fetch + 1, leaves)
+            truth = _drop_self(truth_all[:, :fetch + 1], sample, fetch)
+            return float(exact.recall(_drop_self(rows, sample, fetch), truth).mean())
 
-        low, high = 0, 1
-        while high < self.config.num_leaves and measure(high) < target:
-            low, high = high, min(2 * high, self.config.num_leaves)
-        while high - low > 1:
-            mid = (low + high) // 2
-            low, high = (low, mid) if measure(mid) >= target else (mid, high)
-        return Calibration(high, measure(high), target, len(sample))
+        table = []
+        low = 0
+        for fetch in sizes:
+            high = max(1, low)
+            while high < self.config.num_leaves and measure(fetch, high) < target + _CALIBRATION_MARGIN:
+                low, high = high, min(2 * high, self.config.num_leaves)
+            while high - low > 1:
+                mid = (low + high) // 2
+                low, high = (low, mid) if measure(fetch, mid) >= target + _CALIBRATION_MARGIN else (mid, high)
+            table.append((fetch, high))
+            low = high - 1
+        return Calibration(tuple(table), measure(sizes[0], table[0][1]), target, len(sample))
 
     def _scann_search(self, queries: np.ndarray, fetch: int, leaves: int) -> tuple[np.ndarray, np.ndarray]:
         """ScaNN top-``fetch`` (rows, keys), -1 / -inf where ScaNN found fewer."""
         fetch = min(fetch, self.num_rows)
-        pre = max(self.config.reorder, fetch)
+        pre = max(self.config.reorder, _REORDER_PER_FETCH * fetch)
         if self.config.brute_force:
             idx, dist = self._searcher.search_batched(queries, fetch)
         else:
@@ -273,15 +310,13 @@ class Shard:
     def _post_cost(self, matches: int, k: int, params: SearchParams) -> tuple[float, int, int]:
         """(cost, fetch, leaves) of a post-filter search for a predicate with ``matches`` rows."""
         n = self.num_rows
-        fetch = min(n, _next_pow2(math.ceil(params.overfetch * k * n / max(matches, 1))))
+        fetch = k if matches >= n else _next_pow2(math.ceil(params.overfetch * k * n / max(matches, 1)))
+        fetch = min(n, fetch)
         if self.config.brute_force:
-            return n * _COST_GEMM + fetch, fetch, 0
-        per_leaf = n / self.config.num_leaves
-        leaves = params.leaves_to_search or self.calibration.leaves_to_search
-        # The searched leaves must hold enough matching rows to fill the fetch.
-        leaves = min(self.config.num_leaves, max(leaves, math.ceil(fetch / per_leaf)))
-        cost = leaves * per_leaf * _COST_AH + max(fetch, self.config.reorder) * _COST_REORDER
-        return cost, fetch, leaves
+            return n * _COST_GEMM + fetch * _COST_REORDER, fetch, 0
+        leaves = params.leaves_to_search or self.calibration.leaves_for(fetch, self.config.num_leaves)
+        scanned = leaves * n / self.config.num_leaves
+        return scanned * _COST_AH + max(_REORDER_PER_FETCH * fetch, self.config.reorder) * _COST_REORDER, fetch, leaves
 
     def search(
         self,
@@ -325,7 +360,6 @@ class Shard:
                 pre.append((mask, members))
             else:
                 post.setdefault((fetch, leaves), []).append((mask, members, matches))
-                result.stats.rows_scored += len(members) * (fetch + (leaves * self.num_rows // max(self.config.num_leaves, 1)))
         for (fetch, leaves), entries in post.items():
             self._post_filter(queries, k, fetch, leaves, entries, result, pre)
         for mask, members in pre:
@@ -354,9 +388,16 @@ class Shard:
             done = group[~short]
             result.rows[done], result.keys[done] = got[~short], best[~short]
             result.stats.postfiltered += len(done)
+            result.stats.rows_scored += len(group) * self._rows_scanned(fetch, leaves)
             if short.any():
                 result.stats.fallbacks += int(short.sum())
                 pre.append((mask, group[short]))
+
+    def _rows_scanned(self, fetch: int, leaves: int) -> int:
+        """Rows a ScaNN search touches: those in the searched leaves (all, for brute force)."""
+        if self.config.brute_force:
+            return self.num_rows
+        return round(leaves * self.num_rows / self.config.num_leaves) + max(_REORDER_PER_FETCH * fetch, self.config.reorder)
 
     def ids_of(self, rows: np.ndarray) -> pa.Array:
         """The ids of row positions (-1 gives null), flattened row-major."""
@@ -385,7 +426,7 @@ class Shard:
             "dimension": self.dimension,
             "rows": self.num_rows,
             "spec": self.config.spec(),
-            "calibration": dataclasses.asdict(self.calibration),
+            "calibration": self.calibration.to_json(),
             "scann_config": self.scann_config,
         }
 
@@ -413,7 +454,7 @@ class Shard:
             _check(header.get("metric") in exact.METRICS, path, f"unknown metric {header.get('metric')!r}")
             try:
                 config = ShardConfig.parse(str(header.get("spec")))
-                calibration = Calibration(**header["calibration"])
+                calibration = Calibration.from_json(header["calibration"])
             except (ValueError, KeyError, TypeError) as e:
                 raise ShardFormatError(f"{path}: bad header: {e}") from e
             vectors = np.load(os.path.join(local, DATASET), allow_pickle=False)

@@ -1,0 +1,1243 @@
+"""Filter predicates over attribute columns: parse, print, validate, evaluate, and reason over boxes.
+
+The text syntax is a small SQL ``WHERE`` dialect, keywords case-insensitive::
+
+    category IN ('rock', 'jazz') AND year >= 2000 AND NOT explicit
+
+Conditions: ``=, != (or <>), <, <=, >, >=``, ``[NOT] BETWEEN a AND b`` (inclusive),
+``[NOT] IN (v, ...)``, ``IS [NOT] NULL`` and a bare bool column; combined with
+``NOT``, ``AND``, ``OR`` and parentheses (precedence OR < AND < NOT < comparison).
+Literals are 'strings' ('' escapes a quote), integers, floats and TRUE/FALSE;
+identifiers are bare ``[A-Za-z_][A-Za-z0-9_]*`` or "double quoted" ("" escapes).
+Empty text or None is :data:`MATCH_ALL`.
+
+Semantics follow SQL three-valued logic: a comparison with null is unknown, NOT
+unknown is unknown, and a row matches only when the whole predicate is true.
+NaN in a float column counts as null. Comparisons are exact: an integer column
+compared with 2.5 or a float column with a huge integer gives the mathematically
+right answer. Timestamp and date columns accept ISO date/datetime strings (a
+timezone offset is converted to UTC; a naive string is taken in the column's
+timezone, or UTC) and integers (the column's raw count of its unit).
+
+:class:`Box` describes a region of rows per column; :func:`may_match` soundly
+decides whether a predicate can hold for any row of a box.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import functools
+import math
+import re
+from fractions import Fraction
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, NoReturn, Union
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+Value = Union[str, int, float, bool]
+"""A literal: str, int, float (finite) or bool. int and float are distinct values."""
+
+MAX_DEPTH = 200
+"""The deepest nesting of parentheses and NOTs that :func:`parse` accepts."""
+
+_KEYWORDS = frozenset({"AND", "OR", "NOT", "BETWEEN", "IN", "IS", "NULL", "TRUE", "FALSE"})
+_OPS: dict[str, Callable[[Any, Any], Any]] = {
+    "=": pc.equal, "!=": pc.not_equal, "<": pc.less, "<=": pc.less_equal,
+    ">": pc.greater, ">=": pc.greater_equal,
+}
+_NEGATED_OP = {"=": "!=", "!=": "=", "<": ">=", "<=": ">", ">": "<=", ">=": "<"}
+_BARE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_TOKEN = re.compile(
+    r"(?P<space>\s+)"
+    r"|(?P<num>-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)"
+    r"|(?P<word>[A-Za-z_][A-Za-z0-9_]*)"
+    r"|(?P<op><=|>=|<>|!=|==|=|<|>)"
+    r"|(?P<punct>[(),])"
+)
+
+
+class PredicateError(ValueError):
+    """A predicate that does not parse, is malformed, or does not fit a schema.
+
+    ``position`` is the 0-based character offset into the text (None for errors
+    that are not about text, such as validation); ``expected`` names what would
+    have been acceptable, when that is known.
+    """
+
+    def __init__(self, message: str, position: int | None = None, expected: str | None = None):
+        super().__init__(message if position is None else f"at position {position}: {message}")
+        self.position = position
+        self.expected = expected
+
+
+# ---------------------------------------------------------------------------------------- AST
+
+
+def _check_column(column: object) -> None:
+    if not isinstance(column, str) or not column:
+        raise PredicateError(f"a column name must be a non-empty string, got {column!r}")
+
+
+def _check_value(value: object) -> None:
+    if not isinstance(value, (str, int, float)):
+        raise PredicateError(f"a literal must be a str, int, float or bool, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise PredicateError(f"a float literal must be finite, got {value!r}")
+
+
+def _tagged(value: object) -> object:
+    """A comparison key that keeps 1, 1.0 and True apart."""
+    if isinstance(value, tuple):
+        return tuple(_tagged(v) for v in value)
+    if isinstance(value, Predicate):
+        return value
+    return (type(value).__name__, value)
+
+
+def _quote_identifier(name: str) -> str:
+    if _BARE.fullmatch(name) and name.upper() not in _KEYWORDS:
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal_text(value: Value) -> str:
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return repr(value)
+
+
+class Predicate:
+    """Base of all predicate nodes: immutable, hashable, equal by structure."""
+
+    __slots__ = ()
+
+    def to_text(self) -> str:
+        """Canonical text; ``parse(p.to_text()) == p``."""
+        return self._text()
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+    def to_json(self) -> dict:
+        """A plain JSON-able dict; :func:`from_json` inverts it exactly."""
+        raise NotImplementedError
+
+    def atoms(self) -> tuple[Predicate, ...]:
+        """The atomic conditions (leaves), de-duplicated, in order of first appearance."""
+        return tuple(dict.fromkeys(self._leaves()))
+
+    def columns(self) -> frozenset[str]:
+        """The names of the columns the predicate reads."""
+        return frozenset(atom.column for atom in self.atoms())  # type: ignore[attr-defined]
+
+    def validate(self, schema: pa.Schema) -> None:
+        """Raise :class:`PredicateError` unless every column exists and fits its literals."""
+        for atom in self.atoms():
+            atom._check(schema)
+
+    def evaluate(self, data: pa.Table | pa.RecordBatch) -> np.ndarray:
+        """The rows of ``data`` for which the predicate is true, as a bool array."""
+        self.validate(data.schema)
+        result = pc.fill_null(self._compute(_Frame(data)), False)
+        if isinstance(result, pa.ChunkedArray):
+            result = result.combine_chunks()
+        return np.asarray(result.to_numpy(zero_copy_only=False), dtype=bool)
+
+    def __eq__(self, other: object) -> bool:
+        if type(self) is not type(other):
+            return NotImplemented
+        return self._key() == other._key()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self._key()))
+
+    def _key(self) -> tuple:
+        return tuple(_tagged(getattr(self, f.name)) for f in dataclasses.fields(self))  # type: ignore[arg-type]
+
+    # Per-node behaviour, overridden below.
+    def _text(self) -> str:
+        raise NotImplementedError
+
+    def _leaves(self) -> Iterator[Predicate]:
+        raise NotImplementedError
+
+    def _check(self, schema: pa.Schema) -> None:
+        raise NotImplementedError
+
+    def _compute(self, frame: _Frame) -> Any:
+        raise NotImplementedError
+
+    def _possible(self, box: Box) -> _Possible:
+        raise NotImplementedError
+
+    def _restrict(self, box: Box, holds: bool) -> Box:
+        raise NotImplementedError
+
+
+_node = dataclasses.dataclass(frozen=True, slots=True, eq=False)
+
+
+@_node
+class MatchAll(Predicate):
+    """Matches every row (no filter). Use the singleton :data:`MATCH_ALL`; its text is ""."""
+
+    def to_json(self) -> dict:
+        return {"type": "match_all"}
+
+    def _text(self) -> str:
+        return ""
+
+    def _leaves(self) -> Iterator[Predicate]:
+        return iter(())
+
+    def _compute(self, frame: _Frame) -> Any:
+        return pa.array(np.ones(frame.num_rows, dtype=bool))
+
+    def _possible(self, box: Box) -> _Possible:
+        return _Possible(True, False, False)
+
+    def _restrict(self, box: Box, holds: bool) -> Box:
+        return box
+
+
+MATCH_ALL = MatchAll()
+
+
+@_node
+class _Atom(Predicate):
+    """An atomic condition on one column."""
+
+    column: str
+
+    def _leaves(self) -> Iterator[Predicate]:
+        yield self
+
+    def _check(self, schema: pa.Schema) -> None:
+        _column_kind(schema, self.column)
+
+    def _check_literals(self, schema: pa.Schema, values: tuple) -> None:
+        kind = _column_kind(schema, self.column)
+        for value in values:
+            _check_literal(self.column, schema.field(self.column).type, kind, value)
+
+    def _possible(self, box: Box) -> _Possible:
+        bounds = box.bounds(self.column)
+        return _Possible(
+            self._restrict_bounds(bounds, True).has_values(),
+            self._restrict_bounds(bounds, False).has_values(),
+            bounds.nullable,
+        )
+
+    def _restrict(self, box: Box, holds: bool) -> Box:
+        return box._with(self.column, self._restrict_bounds(box.bounds(self.column), holds))
+
+    def _restrict_bounds(self, bounds: Bounds, holds: bool) -> Bounds:
+        raise NotImplementedError
+
+
+@_node
+class Compare(_Atom):
+    """``column op value`` with op one of = != < <= > >= ('<>' is normalised to '!=')."""
+
+    op: str
+    value: Value
+
+    def __post_init__(self) -> None:
+        _check_column(self.column)
+        if self.op == "<>":
+            object.__setattr__(self, "op", "!=")
+        if self.op not in _OPS:
+            raise PredicateError(f"unknown comparison operator {self.op!r}")
+        _check_value(self.value)
+
+    def to_json(self) -> dict:
+        return {"type": "compare", "column": self.column, "op": self.op, "value": self.value}
+
+    def _text(self) -> str:
+        return f"{_quote_identifier(self.column)} {self.op} {_literal_text(self.value)}"
+
+    def _check(self, schema: pa.Schema) -> None:
+        self._check_literals(schema, (self.value,))
+
+    def _compute(self, frame: _Frame) -> Any:
+        return _compare(frame.column(self.column), self.op, self.value)
+
+    def _restrict_bounds(self, bounds: Bounds, holds: bool) -> Bounds:
+        op = self.op if holds else _NEGATED_OP[self.op]
+        value = self.value
+        if op == "=":
+            bounds = bounds._allow((value,))
+        elif op == "!=":
+            bounds = bounds._exclude((value,))
+        elif op in ("<", "<="):
+            bounds = bounds._tighten_high(value, op == "<=")
+        else:
+            bounds = bounds._tighten_low(value, op == ">=")
+        return bounds._non_null() if holds else bounds
+
+
+@_node
+class Between(_Atom):
+    """``column [NOT] BETWEEN low AND high``, inclusive at both ends."""
+
+    low: Value
+    high: Value
+    negated: bool = False
+
+    def __post_init__(self) -> None:
+        _check_column(self.column)
+        _check_value(self.low)
+        _check_value(self.high)
+
+    def to_json(self) -> dict:
+        return {"type": "between", "column": self.column, "low": self.low, "high": self.high,
+                "negated": self.negated}
+
+    def _text(self) -> str:
+        not_ = "NOT " if self.negated else ""
+        return (f"{_quote_identifier(self.column)} {not_}BETWEEN "
+                f"{_literal_text(self.low)} AND {_literal_text(self.high)}")
+
+    def _check(self, schema: pa.Schema) -> None:
+        self._check_literals(schema, (self.low, self.high))
+
+    def _compute(self, frame: _Frame) -> Any:
+        column = frame.column(self.column)
+        inside = pc.and_kleene(_compare(column, ">=", self.low), _compare(column, "<=", self.high))
+        return pc.invert(inside) if self.negated else inside
+
+    def _restrict_bounds(self, bounds: Bounds, holds: bool) -> Bounds:
+        if holds != self.negated:
+            bounds = bounds._tighten_low(self.low, True)._tighten_high(self.high, True)
+        return bounds._non_null() if holds else bounds
+
+
+@_node
+class In(_Atom):
+    """``column [NOT] IN (v1, v2, ...)``; ``values`` is a non-empty tuple."""
+
+    values: tuple
+    negated: bool = False
+
+    def __post_init__(self) -> None:
+        _check_column(self.column)
+        if isinstance(self.values, (str, bytes)) or not hasattr(self.values, "__iter__"):
+            raise PredicateError(f"IN needs a sequence of values, got {self.values!r}")
+        object.__setattr__(self, "values", tuple(self.values))
+        if not self.values:
+            raise PredicateError("IN needs at least one value")
+        for value in self.values:
+            _check_value(value)
+
+    def to_json(self) -> dict:
+        return {"type": "in", "column": self.column, "values": list(self.values), "negated": self.negated}
+
+    def _text(self) -> str:
+        not_ = "NOT " if self.negated else ""
+        values = ", ".join(_literal_text(v) for v in self.values)
+        return f"{_quote_identifier(self.column)} {not_}IN ({values})"
+
+    def _check(self, schema: pa.Schema) -> None:
+        self._check_literals(schema, self.values)
+
+    def _compute(self, frame: _Frame) -> Any:
+        found = _membership(frame.column(self.column), self.values)
+        return pc.invert(found) if self.negated else found
+
+    def _restrict_bounds(self, bounds: Bounds, holds: bool) -> Bounds:
+        bounds = bounds._allow(self.values) if holds != self.negated else bounds._exclude(self.values)
+        return bounds._non_null() if holds else bounds
+
+
+@_node
+class IsNull(_Atom):
+    """``column IS [NOT] NULL``; never unknown."""
+
+    negated: bool = False
+
+    def __post_init__(self) -> None:
+        _check_column(self.column)
+
+    def to_json(self) -> dict:
+        return {"type": "is_null", "column": self.column, "negated": self.negated}
+
+    def _text(self) -> str:
+        return f"{_quote_identifier(self.column)} IS {'NOT ' if self.negated else ''}NULL"
+
+    def _compute(self, frame: _Frame) -> Any:
+        array = frame.column(self.column).array
+        return pc.is_valid(array) if self.negated else pc.is_null(array)
+
+    def _possible(self, box: Box) -> _Possible:
+        bounds = box.bounds(self.column)
+        null, value = bounds.nullable, bounds.has_values()
+        return _Possible(value, null, False) if self.negated else _Possible(null, value, False)
+
+    def _restrict_bounds(self, bounds: Bounds, holds: bool) -> Bounds:
+        return bounds._allow(()) if holds != self.negated else bounds._non_null()
+
+
+@_node
+class BoolColumn(_Atom):
+    """A bool column used as a condition on its own (true where the column is true)."""
+
+    def __post_init__(self) -> None:
+        _check_column(self.column)
+
+    def to_json(self) -> dict:
+        return {"type": "bool_column", "column": self.column}
+
+    def _text(self) -> str:
+        return _quote_identifier(self.column)
+
+    def _check(self, schema: pa.Schema) -> None:
+        if _column_kind(schema, self.column) != "bool":
+            raise PredicateError(
+                f"column '{self.column}' has type {schema.field(self.column).type}; only a bool "
+                "column can be a condition on its own", expected="a bool column")
+
+    def _compute(self, frame: _Frame) -> Any:
+        return frame.column(self.column).array
+
+    def _restrict_bounds(self, bounds: Bounds, holds: bool) -> Bounds:
+        bounds = bounds._allow((holds,))
+        return bounds._non_null() if holds else bounds
+
+
+def _check_part(part: object) -> None:
+    if not isinstance(part, Predicate):
+        raise PredicateError(f"expected a Predicate, got {part!r}")
+    if isinstance(part, MatchAll):
+        raise PredicateError("MATCH_ALL cannot be part of NOT, AND or OR; use and_(), or_(), not_()")
+
+
+@_node
+class Not(Predicate):
+    """``NOT part`` (Kleene: NOT unknown is unknown)."""
+
+    part: Predicate
+
+    def __post_init__(self) -> None:
+        _check_part(self.part)
+
+    def to_json(self) -> dict:
+        return {"type": "not", "part": self.part.to_json()}
+
+    def _text(self) -> str:
+        text = self.part._text()
+        return f"NOT ({text})" if isinstance(self.part, (And, Or)) else f"NOT {text}"
+
+    def _leaves(self) -> Iterator[Predicate]:
+        return self.part._leaves()
+
+    def _compute(self, frame: _Frame) -> Any:
+        return pc.invert(self.part._compute(frame))
+
+    def _possible(self, box: Box) -> _Possible:
+        inner = self.part._possible(box)
+        return _Possible(inner.false, inner.true, inner.null)
+
+    def _restrict(self, box: Box, holds: bool) -> Box:
+        return self.part._restrict(box, False) if holds else box
+
+
+@_node
+class _Junction(Predicate):
+    """An n-ary AND or OR: at least two parts, nested parts of the same kind merged."""
+
+    parts: tuple
+
+    def __post_init__(self) -> None:
+        if not hasattr(self.parts, "__iter__"):
+            raise PredicateError(f"parts must be a sequence of predicates, got {self.parts!r}")
+        flat: list[Predicate] = []
+        for part in self.parts:
+            _check_part(part)
+            flat.extend(part.parts if type(part) is type(self) else (part,))
+        if len(flat) < 2:
+            raise PredicateError(f"{type(self).__name__} needs at least two parts")
+        object.__setattr__(self, "parts", tuple(flat))
+
+    def to_json(self) -> dict:
+        return {"type": type(self).__name__.lower(), "parts": [p.to_json() for p in self.parts]}
+
+    def _leaves(self) -> Iterator[Predicate]:
+        for part in self.parts:
+            yield from part._leaves()
+
+
+@_node
+class And(_Junction):
+    """``p1 AND p2 AND ...`` (Kleene). Build with :func:`and_`."""
+
+    def _text(self) -> str:
+        return " AND ".join(f"({p._text()})" if isinstance(p, Or) else p._text() for p in self.parts)
+
+    def _compute(self, frame: _Frame) -> Any:
+        return functools.reduce(pc.and_kleene, (p._compute(frame) for p in self.parts))
+
+    def _possible(self, box: Box) -> _Possible:
+        ps = [p._possible(box) for p in self.parts]
+        return _Possible(all(p.true for p in ps), any(p.false for p in ps),
+                         any(p.null for p in ps) and all(p.true or p.null for p in ps))
+
+    def _restrict(self, box: Box, holds: bool) -> Box:
+        return functools.reduce(lambda b, p: p._restrict(b, True), self.parts, box) if holds else box
+
+
+@_node
+class Or(_Junction):
+    """``p1 OR p2 OR ...`` (Kleene). Build with :func:`or_`."""
+
+    def _text(self) -> str:
+        return " OR ".join(p._text() for p in self.parts)
+
+    def _compute(self, frame: _Frame) -> Any:
+        return functools.reduce(pc.or_kleene, (p._compute(frame) for p in self.parts))
+
+    def _possible(self, box: Box) -> _Possible:
+        ps = [p._possible(box) for p in self.parts]
+        return _Possible(any(p.true for p in ps), all(p.false for p in ps),
+                         any(p.null for p in ps) and all(p.false or p.null for p in ps))
+
+    def _restrict(self, box: Box, holds: bool) -> Box:
+        return box if holds else functools.reduce(lambda b, p: p._restrict(b, False), self.parts, box)
+
+
+def and_(*parts: Predicate) -> Predicate:
+    """The conjunction of ``parts``: MATCH_ALL dropped, nested ANDs merged, a single part as is."""
+    kept = [p for p in parts if not isinstance(p, MatchAll)]
+    if not kept:
+        return MATCH_ALL
+    return kept[0] if len(kept) == 1 else And(tuple(kept))
+
+
+def or_(*parts: Predicate) -> Predicate:
+    """The disjunction of ``parts`` (at least one): MATCH_ALL if any part is, a single part as is."""
+    if not parts:
+        raise PredicateError("or_() needs at least one part")
+    if any(isinstance(p, MatchAll) for p in parts):
+        return MATCH_ALL
+    return parts[0] if len(parts) == 1 else Or(tuple(parts))
+
+
+def not_(part: Predicate) -> Predicate:
+    """The negation of ``part``, folding NOT NOT and the negatable atoms (BETWEEN, IN, IS NULL)."""
+    if isinstance(part, Not):
+        return part.part
+    if isinstance(part, (Between, In, IsNull)):
+        return dataclasses.replace(part, negated=not part.negated)
+    return Not(part)
+
+
+# --------------------------------------------------------------------------------- parsing
+
+
+class _Token(NamedTuple):
+    kind: str  # num str ident kw op ( ) , end
+    value: Any
+    pos: int
+    text: str
+
+
+def _describe(token: _Token) -> str:
+    if token.kind == "end":
+        return "end of text"
+    text = token.text if len(token.text) <= 24 else token.text[:21] + "..."
+    return f"'{text}'" if token.kind != "str" else text
+
+
+def _quoted(text: str, start: int, quote: str, what: str) -> tuple[str, int]:
+    """The content of a quoted token at ``start`` (doubling escapes the quote) and the end offset."""
+    parts, i = [], start + 1
+    while True:
+        j = text.find(quote, i)
+        if j < 0:
+            raise PredicateError(f"unterminated {what}", start, f"a closing {quote}")
+        parts.append(text[i:j])
+        if text.startswith(quote, j + 1):
+            parts.append(quote)
+            i = j + 2
+        else:
+            return "".join(parts), j + 1
+
+
+def _number(text: str, pos: int) -> int | float:
+    if re.search(r"[.eE]", text):
+        value = float(text)
+        if not math.isfinite(value):
+            raise PredicateError(f"number {text} is out of range", pos, "a finite number")
+        return value
+    try:
+        return int(text)
+    except ValueError:  # longer than Python's int conversion limit
+        raise PredicateError("integer literal is too long", pos) from None
+
+
+def _tokenize(text: str) -> list[_Token]:
+    tokens, pos = [], 0
+    while pos < len(text):
+        char = text[pos]
+        if char in "'\"":
+            value, end = _quoted(text, pos, char, "string" if char == "'" else "quoted identifier")
+            if char == '"' and not value:
+                raise PredicateError("empty quoted identifier", pos, "a column name")
+            tokens.append(_Token("str" if char == "'" else "ident", value, pos, text[pos:end]))
+            pos = end
+            continue
+        match = _TOKEN.match(text, pos)
+        if match is None:
+            raise PredicateError(f"unexpected character {char!r}", pos)
+        kind, word = match.lastgroup, match.group()
+        if kind == "num":
+            tokens.append(_Token("num", _number(word, pos), pos, word))
+        elif kind == "word":
+            upper = word.upper()
+            tokens.append(_Token("kw", upper, pos, word) if upper in _KEYWORDS else _Token("ident", word, pos, word))
+        elif kind == "op":
+            if word == "==":
+                raise PredicateError("'==' is not an operator; use '='", pos, "'='")
+            tokens.append(_Token("op", "!=" if word == "<>" else word, pos, word))
+        elif kind == "punct":
+            tokens.append(_Token(word, word, pos, word))
+        pos = match.end()
+    tokens.append(_Token("end", None, len(text), ""))
+    return tokens
+
+
+class _Parser:
+    """Recursive descent over the token list; each nesting level costs three stack frames."""
+
+    def __init__(self, tokens: list[_Token]):
+        self.tokens = tokens
+        self.i = 0
+
+    def peek(self) -> _Token:
+        return self.tokens[self.i]
+
+    def take(self) -> _Token:
+        token = self.tokens[self.i]
+        self.i += 1
+        return token
+
+    def at_keyword(self, word: str) -> bool:
+        token = self.peek()
+        return token.kind == "kw" and token.value == word
+
+    def fail(self, expected: str, after: str | None = None, hint: str = "") -> NoReturn:
+        token = self.peek()
+        where = f" after {after}" if after else ""
+        raise PredicateError(f"expected {expected}{where}, found {_describe(token)}{hint}", token.pos, expected)
+
+    def parse(self) -> Predicate:
+        predicate = self.disjunction(0, None)
+        if self.peek().kind != "end":
+            self.fail("AND, OR or end of text")
+        return predicate
+
+    def disjunction(self, depth: int, after: str | None) -> Predicate:
+        parts = [self.conjunction(depth, after)]
+        while self.at_keyword("OR"):
+            self.take()
+            parts.append(self.conjunction(depth, "'OR'"))
+        return parts[0] if len(parts) == 1 else Or(tuple(parts))
+
+    def conjunction(self, depth: int, after: str | None) -> Predicate:
+        parts = [self.unary(depth, after)]
+        while self.at_keyword("AND"):
+            self.take()
+            parts.append(self.unary(depth, "'AND'"))
+        return parts[0] if len(parts) == 1 else And(tuple(parts))
+
+    def deeper(self, depth: int) -> int:
+        if depth >= MAX_DEPTH:
+            raise PredicateError(f"nested deeper than {MAX_DEPTH} levels", self.peek().pos)
+        return depth + 1
+
+    def unary(self, depth: int, after: str | None) -> Predicate:
+        nots = 0
+        while self.at_keyword("NOT"):
+            depth = self.deeper(depth)
+            self.take()
+            nots, after = nots + 1, "'NOT'"
+        token = self.peek()
+        if token.kind == "(":
+            inner_depth = self.deeper(depth)
+            self.take()
+            predicate = self.disjunction(inner_depth, "'('")
+            if self.peek().kind != ")":
+                self.fail(f"')' to close the '(' at position {token.pos}")
+            self.take()
+        elif token.kind == "ident":
+            self.take()
+            predicate = self.condition(token)
+        else:
+            self.fail("a column name, '(' or NOT", after)
+        for _ in range(nots):
+            predicate = Not(predicate)
+        return predicate
+
+    def condition(self, column: _Token) -> Predicate:
+        name, token = column.value, self.peek()
+        if token.kind == "op":
+            self.take()
+            return Compare(name, token.value, self.value(f"'{token.text}'"))
+        negated = self.at_keyword("NOT")
+        if negated:
+            self.take()
+            if not (self.at_keyword("BETWEEN") or self.at_keyword("IN")):
+                self.fail("BETWEEN or IN", "'NOT'")
+        if self.at_keyword("BETWEEN"):
+            self.take()
+            low_token = self.peek()
+            low = self.value("'BETWEEN'")
+            if not self.at_keyword("AND"):
+                self.fail("AND", f"'BETWEEN {low_token.text}'")
+            self.take()
+            return Between(name, low, self.value("'AND'"), negated)
+        if self.at_keyword("IN"):
+            self.take()
+            if self.peek().kind != "(":
+                self.fail("'('", "'IN'")
+            self.take()
+            values = [self.value("'('")]
+            while self.peek().kind == ",":
+                self.take()
+                values.append(self.value("','"))
+            if self.peek().kind != ")":
+                self.fail("',' or ')'")
+            self.take()
+            return In(name, tuple(values), negated)
+        if self.at_keyword("IS"):
+            self.take()
+            is_not = self.at_keyword("NOT")
+            if is_not:
+                self.take()
+            if not self.at_keyword("NULL"):
+                self.fail("NULL", "'IS NOT'" if is_not else "'IS'")
+            self.take()
+            return IsNull(name, is_not)
+        return BoolColumn(name)
+
+    def value(self, after: str) -> Value:
+        token = self.peek()
+        if token.kind in ("str", "num") or (token.kind == "kw" and token.value in ("TRUE", "FALSE")):
+            self.take()
+            return token.value == "TRUE" if token.kind == "kw" else token.value
+        hint = " (use IS NULL or IS NOT NULL to test for null)" if token.kind == "kw" and token.value == "NULL" else ""
+        self.fail("a value", after, hint)
+
+
+def parse(text: str | None) -> Predicate:
+    """Parse filter text; None, empty or blank text gives :data:`MATCH_ALL`.
+
+    Raises :class:`PredicateError` (with ``position``) for anything malformed.
+    """
+    if text is None:
+        return MATCH_ALL
+    if not isinstance(text, str):
+        raise PredicateError(f"predicate text must be a string, got {type(text).__name__}")
+    tokens = _tokenize(text)
+    if len(tokens) == 1:
+        return MATCH_ALL
+    try:
+        return _Parser(tokens).parse()
+    except RecursionError:
+        raise PredicateError("predicate is nested too deeply for the stack", 0) from None
+
+
+# ------------------------------------------------------------------------------------ JSON
+
+
+def _field(obj: Mapping, key: str, types: type | tuple[type, ...]) -> Any:
+    if key not in obj:
+        raise PredicateError(f"predicate JSON {obj.get('type')!r} lacks {key!r}")
+    value = obj[key]
+    if not isinstance(value, types):
+        raise PredicateError(f"predicate JSON field {key!r} has a bad value {value!r}")
+    return value
+
+
+def from_json(obj: Mapping) -> Predicate:
+    """The predicate that :meth:`Predicate.to_json` turned into ``obj``."""
+    return _from_json(obj, 0)
+
+
+def _from_json(obj: Mapping, depth: int) -> Predicate:
+    # The parser's deepest tree nests OR in AND in each of MAX_DEPTH parentheses.
+    if depth > 2 * MAX_DEPTH + 2:
+        raise PredicateError("predicate JSON is nested too deeply")
+    if not isinstance(obj, Mapping):
+        raise PredicateError(f"predicate JSON must be an object, got {obj!r}")
+    kind = obj.get("type")
+    if kind == "match_all":
+        return MATCH_ALL
+    if kind == "compare":
+        return Compare(_field(obj, "column", str), _field(obj, "op", str), _field(obj, "value", object))
+    if kind == "between":
+        return Between(_field(obj, "column", str), _field(obj, "low", object), _field(obj, "high", object),
+                       _field(obj, "negated", bool))
+    if kind == "in":
+        return In(_field(obj, "column", str), tuple(_field(obj, "values", list)), _field(obj, "negated", bool))
+    if kind == "is_null":
+        return IsNull(_field(obj, "column", str), _field(obj, "negated", bool))
+    if kind == "bool_column":
+        return BoolColumn(_field(obj, "column", str))
+    if kind == "not":
+        return Not(_from_json(_field(obj, "part", Mapping), depth + 1))
+    if kind in ("and", "or"):
+        parts = tuple(_from_json(p, depth + 1) for p in _field(obj, "parts", list))
+        return And(parts) if kind == "and" else Or(parts)
+    raise PredicateError(f"unknown predicate JSON type {kind!r}")
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+def _kind_of(t: pa.DataType) -> str | None:
+    if pa.types.is_dictionary(t):
+        return _kind_of(t.value_type)
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "string"
+    if pa.types.is_boolean(t):
+        return "bool"
+    if pa.types.is_integer(t):
+        return "integer"
+    if pa.types.is_floating(t):
+        return "float"
+    if pa.types.is_timestamp(t) or pa.types.is_date(t):
+        return "temporal"
+    return None
+
+
+def _column_kind(schema: pa.Schema, column: str) -> str:
+    count = schema.names.count(column)
+    if count == 0:
+        raise PredicateError(f"unknown column '{column}'; available columns: {', '.join(schema.names)}",
+                             expected="one of: " + ", ".join(schema.names))
+    if count > 1:
+        raise PredicateError(f"column '{column}' appears {count} times in the schema")
+    t = schema.field(column).type
+    kind = _kind_of(t)
+    if kind is None:
+        raise PredicateError(f"column '{column}' has type {t}, which predicates cannot test")
+    return kind
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_instant(text: str) -> dt.datetime | None:
+    """An ISO date/datetime as a naive datetime (UTC if it had an offset), or None."""
+    try:
+        instant = dt.datetime.fromisoformat(text)
+        if instant.tzinfo is not None:
+            instant = instant.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    except (ValueError, OverflowError):
+        return None
+    return instant
+
+
+_EXPECTED_LITERAL = {"string": "a string", "bool": "TRUE or FALSE", "integer": "a number",
+                     "float": "a number", "temporal": "an ISO date/datetime string or an integer"}
+
+
+def _check_literal(column: str, t: pa.DataType, kind: str, value: Value) -> None:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = {
+        "string": isinstance(value, str),
+        "bool": isinstance(value, bool),
+        "integer": number,
+        "float": number,
+        "temporal": (isinstance(value, int) and not isinstance(value, bool))
+        or (isinstance(value, str) and _parse_instant(value) is not None),
+    }[kind]
+    if not ok:
+        raise PredicateError(f"column '{column}' has type {t}; cannot compare it with {_literal_text(value)}",
+                             expected=_EXPECTED_LITERAL[kind])
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+
+class _Column(NamedTuple):
+    """A column ready for comparison: dictionaries decoded, floats as float64 (NaN as null, no -0.0),
+    timestamps and dates as their integer counts (with the integer type's range)."""
+
+    kind: str
+    array: Any
+    low: int = 0
+    high: int = 0
+    temporal: pa.DataType | None = None
+
+
+def _integer_range(t: pa.DataType) -> tuple[int, int]:
+    bits = t.bit_width
+    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if pa.types.is_signed_integer(t) else (0, (1 << bits) - 1)
+
+
+def _prepare(array: Any) -> _Column:
+    if pa.types.is_dictionary(array.type):
+        array = array.cast(array.type.value_type)
+    t = array.type
+    kind = _kind_of(t)
+    if kind == "float":
+        array = pc.add(array.cast(pa.float64()), 0.0)  # -0.0 + 0.0 is 0.0, so IN matches either zero
+        return _Column(kind, pc.if_else(pc.is_nan(array), pa.scalar(None, pa.float64()), array))
+    if kind == "integer":
+        return _Column(kind, array, *_integer_range(t))
+    if kind == "temporal":
+        physical = pa.int32() if pa.types.is_date32(t) else pa.int64()
+        return _Column(kind, array.cast(physical), *_integer_range(physical), temporal=t)
+    return _Column(kind, array)
+
+
+class _Frame:
+    """The data being evaluated, with each column prepared once."""
+
+    def __init__(self, data: pa.Table | pa.RecordBatch):
+        self.data = data
+        self.num_rows = data.num_rows
+        self._columns: dict[str, _Column] = {}
+
+    def column(self, name: str) -> _Column:
+        if name not in self._columns:
+            self._columns[name] = _prepare(self.data.column(name))
+        return self._columns[name]
+
+
+_MICROS_PER_UNIT = {"s": 10**6, "ms": 1000, "us": 1, "ns": Fraction(1, 1000)}
+
+
+def _exact(column: _Column, value: Value) -> int | Fraction:
+    """A numeric literal, or an ISO string as a count of the temporal column's unit, exactly."""
+    if isinstance(value, str):
+        micros = (_parse_instant(value) - dt.datetime(1970, 1, 1)) // dt.timedelta(microseconds=1)
+        t = column.temporal
+        per = (86_400 * 10**6 if pa.types.is_date32(t) else 1000 if pa.types.is_date64(t)
+               else _MICROS_PER_UNIT[t.unit])
+        return Fraction(micros) / per
+    return Fraction(value) if isinstance(value, float) else value
+
+
+def _snap(op: str, below: Any, above: Any, lowest: Any, highest: Any) -> tuple[str, Any]:
+    """Rewrite ``x op v`` for a v outside a discrete domain into a comparison with a domain value.
+
+    ``below``/``above`` are the nearest domain values under/over v (None if there is none);
+    ``lowest``/``highest`` are the domain's ends. Null x still gives null.
+    """
+    if op in ("<", "<="):
+        return ("<=", below) if below is not None else ("<", lowest)
+    if op in (">", ">="):
+        return (">=", above) if above is not None else (">", highest)
+    return ("<", lowest) if op == "=" else (">=", lowest)
+
+
+def _as_float(value: int) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def _compare(column: _Column, op: str, value: Value) -> Any:
+    array = column.array
+    if column.kind == "float":
+        operand = _as_float(value) if isinstance(value, int) else value
+        if operand != value:  # an int that no float equals: compare with its float neighbours
+            below, above = ((math.nextafter(operand, -math.inf), operand) if operand > value
+                            else (operand, math.nextafter(operand, math.inf)))
+            op, operand = _snap(op, below, above, -math.inf, math.inf)
+    elif column.kind in ("integer", "temporal"):
+        exact = _exact(column, value)
+        operand = exact
+        if exact.denominator != 1 or not column.low <= exact <= column.high:
+            below, above = math.ceil(exact) - 1, math.floor(exact) + 1
+            below = None if below < column.low else min(below, column.high)
+            above = None if above > column.high else max(above, column.low)
+            op, operand = _snap(op, below, above, column.low, column.high)
+        operand = int(operand)
+    else:
+        operand = value
+    return _OPS[op](array, pa.scalar(operand, array.type))
+
+
+def _membership(column: _Column, values: tuple) -> Any:
+    """``x IN values`` with SQL nulls: null where x is null."""
+    array = column.array
+    if column.kind == "float":
+        keys = [float(v) + 0.0 for v in values if isinstance(v, float) or _as_float(v) == v]
+    elif column.kind in ("integer", "temporal"):
+        exact = (_exact(column, v) for v in values)
+        keys = [int(r) for r in exact if r.denominator == 1 and column.low <= r <= column.high]
+    else:
+        keys = list(values)
+    found = pc.is_in(array, value_set=pa.array(keys, array.type))
+    return found
+
+
+# ------------------------------------------------------------------------------- boxes
+
+
+def _family(value: Value) -> str:
+    return "bool" if isinstance(value, bool) else "string" if isinstance(value, str) else "number"
+
+
+def _cmp(a: Value, b: Value) -> int | None:
+    """-1, 0 or 1 when the order of a and b is certain whatever the column type, else None.
+
+    Two strings that both parse as ISO datetimes are ordered only where text order and
+    time order agree; values of different families are never ordered.
+    """
+    if _family(a) != _family(b):
+        return None
+    order = (a > b) - (a < b)  # type: ignore[operator]
+    if isinstance(a, str) and order:
+        ia, ib = _parse_instant(a), _parse_instant(b)  # type: ignore[arg-type]
+        if ia is not None and ib is not None and order != (ia > ib) - (ia < ib):
+            return None
+    return order
+
+
+def _all3(verdicts: Iterator[bool | None]) -> bool | None:
+    """Kleene AND over True/False/None (None = unknown)."""
+    result: bool | None = True
+    for verdict in verdicts:
+        if verdict is False:
+            return False
+        if verdict is None:
+            result = None
+    return result
+
+
+def _member(value: Value, values: frozenset) -> bool | None:
+    """Whether value certainly is (True), certainly is not (False) or may be (None) in values."""
+    same = [_cmp(value, v) for v in values]
+    return True if 0 in same else None if None in same else False
+
+
+def _sorted_values(values: frozenset) -> tuple:
+    return tuple(sorted(values, key=lambda v: (_family(v), v)))
+
+
+def _json_values(obj: Mapping, key: str) -> frozenset:
+    values = _field(obj, key, list)
+    for value in values:
+        _check_value(value)
+    return frozenset(values)
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """What one column may hold in a :class:`Box` (normalised on construction).
+
+    Non-null values lie in the range low..high (None = unbounded), in ``allowed`` if
+    that is not None (an empty set: no non-null value), and not in ``excluded``;
+    null is possible if ``nullable``.
+    """
+
+    low: Value | None = None
+    high: Value | None = None
+    low_inclusive: bool = True
+    high_inclusive: bool = True
+    allowed: frozenset | None = None
+    excluded: frozenset = frozenset()
+    nullable: bool = True
+
+    def __post_init__(self) -> None:
+        for value in (self.low, self.high):
+            if value is not None:
+                _check_value(value)
+        for values in (self.allowed or (), self.excluded):
+            for value in values:
+                _check_value(value)
+        set_ = functools.partial(object.__setattr__, self)
+        set_("excluded", frozenset(e for e in self.excluded if self._in_range(e) is not False))
+        allowed = None if self.allowed is None else frozenset(self.allowed)
+        if allowed is None and self.low is not None and self.high is not None:
+            order = _cmp(self.low, self.high)
+            if order == 0 and self.low_inclusive and self.high_inclusive:
+                allowed = frozenset({self.low})
+            elif order is not None and order >= 0:
+                allowed = frozenset()
+        if allowed is not None:
+            verdicts = {a: self._admits(a) for a in allowed}
+            allowed = frozenset(a for a, verdict in verdicts.items() if verdict is not False)
+            if all(verdicts[a] for a in allowed):
+                set_("low", None), set_("high", None), set_("low_inclusive", True)
+                set_("high_inclusive", True), set_("excluded", frozenset())
+        set_("allowed", allowed)
+
+    def _in_range(self, value: Value) -> bool | None:
+        def side(bound: Value | None, inclusive: bool, sign: int) -> bool | None:
+            if bound is None:
+                return True
+            order = _cmp(value, bound)
+            return None if order is None else order * sign > 0 or (order == 0 and inclusive)
+        return _all3(iter((side(self.low, self.low_inclusive, 1), side(self.high, self.high_inclusive, -1))))
+
+    def _admits(self, value: Value) -> bool | None:
+        member = _member(value, self.excluded)
+        return _all3(iter((self._in_range(value), None if member is None else not member)))
+
+    def has_values(self) -> bool:
+        """False only if no non-null value can lie in these bounds."""
+        return self.allowed is None or bool(self.allowed)
+
+    def is_empty(self) -> bool:
+        """True if no value at all, null included, can lie in these bounds."""
+        return not self.nullable and not self.has_values()
+
+    def _replace(self, **changes: Any) -> Bounds:
+        return dataclasses.replace(self, **changes)
+
+    def _tighten_low(self, value: Value, inclusive: bool) -> Bounds:
+        order = 1 if self.low is None else _cmp(value, self.low)
+        if order is None or order < 0:
+            return self
+        return self._replace(low=value, low_inclusive=inclusive and (order > 0 or self.low_inclusive))
+
+    def _tighten_high(self, value: Value, inclusive: bool) -> Bounds:
+        order = -1 if self.high is None else _cmp(value, self.high)
+        if order is None or order > 0:
+            return self
+        return self._replace(high=value, high_inclusive=inclusive and (order < 0 or self.high_inclusive))
+
+    def _allow(self, values: tuple) -> Bounds:
+        if self.allowed is None:
+            return self._replace(allowed=frozenset(values))
+        return self._replace(allowed=frozenset(a for a in self.allowed if _member(a, frozenset(values)) is not False))
+
+    def _exclude(self, values: tuple) -> Bounds:
+        return self._replace(excluded=self.excluded | frozenset(values))
+
+    def _non_null(self) -> Bounds:
+        return self._replace(nullable=False)
+
+    def _predicate(self, column: str) -> Predicate:
+        """A predicate true exactly for the values these bounds admit."""
+        if not self.has_values():
+            return IsNull(column) if self.nullable else And((IsNull(column), IsNull(column, True)))
+        conditions: list[Predicate] = []
+        if self.allowed is not None:
+            conditions.append(In(column, _sorted_values(self.allowed)))
+        if self.low is not None and self.high is not None and self.low_inclusive and self.high_inclusive:
+            conditions.append(Between(column, self.low, self.high))
+        else:
+            if self.low is not None:
+                conditions.append(Compare(column, ">=" if self.low_inclusive else ">", self.low))
+            if self.high is not None:
+                conditions.append(Compare(column, "<=" if self.high_inclusive else "<", self.high))
+        if self.excluded:
+            conditions.append(In(column, _sorted_values(self.excluded), negated=True))
+        values = and_(*conditions)
+        if self.nullable:
+            return MATCH_ALL if values is MATCH_ALL else or_(values, IsNull(column))
+        return IsNull(column, negated=True) if values is MATCH_ALL else values
+
+    def to_json(self) -> dict:
+        """A plain JSON-able dict; :meth:`from_json` inverts it."""
+        return {"low": self.low, "low_inclusive": self.low_inclusive, "high": self.high,
+                "high_inclusive": self.high_inclusive,
+                "allowed": None if self.allowed is None else list(_sorted_values(self.allowed)),
+                "excluded": list(_sorted_values(self.excluded)), "nullable": self.nullable}
+
+    @classmethod
+    def from_json(cls, obj: Mapping) -> Bounds:
+        """Bounds from :meth:`to_json` output."""
+        if not isinstance(obj, Mapping):
+            raise PredicateError(f"bounds JSON must be an object, got {obj!r}")
+        return cls(_field(obj, "low", (str, int, float, type(None))), _field(obj, "high", (str, int, float, type(None))),
+                   _field(obj, "low_inclusive", bool), _field(obj, "high_inclusive", bool),
+                   None if obj.get("allowed") is None else _json_values(obj, "allowed"),
+                   _json_values(obj, "excluded"), _field(obj, "nullable", bool))
+
+
+_EVERYTHING = Bounds()
+
+
+@dataclasses.dataclass(frozen=True)
+class Box:
+    """A region of rows: per-column :class:`Bounds` (columns not listed are unconstrained).
+
+    A box may over-approximate: it never excludes a row that the restrictions made
+    to build it allow.
+    """
+
+    columns: tuple[tuple[str, Bounds], ...] = ()
+
+    def __post_init__(self) -> None:
+        items = self.columns.items() if isinstance(self.columns, Mapping) else self.columns
+        columns = tuple(sorted(((n, b) for n, b in items if b != _EVERYTHING), key=lambda item: item[0]))
+        if len({name for name, _ in columns}) != len(columns):
+            raise PredicateError("a box lists a column twice")
+        object.__setattr__(self, "columns", columns)
+
+    @classmethod
+    def everything(cls) -> Box:
+        """The box of all rows."""
+        return cls()
+
+    def bounds(self, column: str) -> Bounds:
+        """The bounds on ``column`` (unconstrained if the box does not mention it)."""
+        return dict(self.columns).get(column, _EVERYTHING)
+
+    def restrict(self, atom: Predicate, holds: bool = True) -> Box:
+        """This box intersected with the rows where ``atom`` is true (holds) or false-or-null (not holds).
+
+        Atoms are narrowed precisely where bounds can express it; NOT, AND and OR are
+        followed where sound; anything else leaves the box unchanged (a superset).
+        """
+        return atom._restrict(self, holds)
+
+    def _with(self, column: str, bounds: Bounds) -> Box:
+        return Box(tuple((c, b) for c, b in self.columns if c != column) + ((column, bounds),))
+
+    def is_empty(self) -> bool:
+        """True if no row can lie in the box."""
+        return any(b.is_empty() for _, b in self.columns)
+
+    def as_predicate(self) -> Predicate:
+        """A predicate true exactly for the rows in the box (MATCH_ALL for everything)."""
+        return and_(*(b._predicate(column) for column, b in self.columns))
+
+    def describe(self) -> str:
+        """Human-readable text, e.g. ``category IN ('rock') AND year >= 2000``."""
+        predicate = self.as_predicate()
+        return "everything" if predicate is MATCH_ALL else predicate.to_text()
+
+    def contains(self, data: pa.Table | pa.RecordBatch) -> np.ndarray:
+        """Which rows of ``data`` lie in the box, as a bool array."""
+        return self.as_predicate().evaluate(data)
+
+    def to_json(self) -> dict:
+        """A plain JSON-able dict; :meth:`from_json` inverts it."""
+        return {"columns": {column: b.to_json() for column, b in self.columns}}
+
+    @classmethod
+    def from_json(cls, obj: Mapping) -> Box:
+        """A box from :meth:`to_json` output."""
+        columns = _field(obj, "columns", Mapping) if isinstance(obj, Mapping) else None
+        if columns is None:
+            raise PredicateError(f"box JSON must be an object, got {obj!r}")
+        return cls(tuple((str(name), Bounds.from_json(b)) for name, b in columns.items()))
+
+
+class _Possible(NamedTuple):
+    """Which truth values a predicate can take on some row of a box."""
+
+    true: bool
+    false: bool
+    null: bool
+
+
+def may_match(predicate: Predicate, box: Box) -> bool:
+    """False only if no row in ``box`` can satisfy ``predicate`` (sound, not always exact).
+
+    Each atom is judged on its column's bounds (can it be true, false, null there?)
+    and the judgements are combined with Kleene logic.
+    """
+    return not box.is_empty() and predicate._possible(box).true

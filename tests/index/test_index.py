@@ -1,0 +1,138 @@
+"""Index: manifest, routing by partition description, merge of per-partition top-k."""
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from beamvec.index import Index, ManifestError, Partition, build_index, exact, synthetic
+from beamvec.index.manifest import check_relative_path
+from beamvec.index.predicate import parse
+from beamvec.index.schema import validate_items
+
+DIM = 32
+
+
+@pytest.fixture(scope="module")
+def items():
+    return validate_items(synthetic.make_items(30_000, DIM, seed=5, ids="str"))
+
+
+@pytest.fixture(scope="module")
+def queries():
+    table = synthetic.make_queries(400, DIM, seed=5)
+    return table.column("vector").combine_chunks().values.to_numpy().reshape(-1, DIM), table.column("predicate").to_pylist()
+
+
+def by_category(items):
+    """Partitions: one per popular category, one for the rest, each described by its predicate."""
+    category = items.table.column("category")
+    parts = []
+    for value in ("rock", "pop"):
+        parts.append(Partition(np.flatnonzero(pc.equal(category, value).to_numpy(zero_copy_only=False)),
+                               parse(f"category = '{value}'")))
+    rest = parse("category NOT IN ('rock', 'pop')")
+    parts.append(Partition(np.flatnonzero(rest.evaluate(items.table)), rest))
+    return parts
+
+
+def truth_ids(items, vectors, predicates, k=10):
+    masks = {p: parse(p).evaluate(items.table) if p else None for p in set(predicates)}
+    rows, scores = exact.search(items.vectors, vectors, k, "dot_product", [masks[p] for p in predicates])
+    ids = np.asarray(items.table.column("id").to_pylist() + [None], dtype=object)
+    return ids[rows], scores
+
+
+def recall(found, truth):
+    return np.mean([len({x for x in t if x} & set(f)) / max(1, len({x for x in t if x})) for f, t in zip(found, truth)])
+
+
+@pytest.fixture(scope="module")
+def partitioned(tmp_path_factory, items):
+    path = str(tmp_path_factory.mktemp("idx") / "partitioned")
+    build_index(path, items.table.column("id").combine_chunks(), items.vectors,
+                items.table.drop_columns(["vector"]), partitions=by_category(items))
+    return path
+
+
+def test_partitioned_index_matches_the_oracle(partitioned, items, queries):
+    vectors, predicates = queries
+    index = Index.open(partitioned)
+    ids, scores = index.search(vectors, predicates, 10)
+    want, want_scores = truth_ids(items, vectors, predicates)
+    assert ids.dtype == object and ids.shape == (len(vectors), 10)
+    assert recall(ids, want) >= 0.95
+    assert ((ids != None).sum(axis=1) == (want != None).sum(axis=1)).all()  # noqa: E711
+    assert np.isnan(scores[ids == None]).all() and not np.isnan(scores[ids != None]).any()  # noqa: E711
+    # Scores come back best first.
+    finite = np.where(np.isnan(scores), -1e9, scores)
+    assert (np.diff(finite, axis=1) <= 1e-6).all()
+
+
+def test_routing_skips_partitions_that_cannot_match(partitioned, queries):
+    index = Index.open(partitioned)
+    routes = index.route([parse("category = 'rock'"), parse("category = 'jazz'"), parse(""), parse("year > 2000")])
+    reached = [[q for q, members in enumerate(routes) if i in members] for i in range(4)]
+    assert reached == [[0], [2], [0, 1, 2], [0, 1, 2]]
+    vectors, predicates = queries
+    index.search(vectors, predicates, 10)
+    assert index.partitions_searched < 3 * len(vectors)
+
+
+def test_single_partition_int_ids_pad_with_minus_one(tmp_path):
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((50, 8)).astype(np.float32)
+    build_index(str(tmp_path), pa.array(np.arange(100, 150)), vectors, pa.table({"x": np.arange(50)}))
+    ids, scores = Index.open(str(tmp_path)).search(vectors[:2], ["x < 3", "x >= 0"], k=5)
+    assert ids.dtype == np.int64
+    assert sorted(ids[0, :3]) == [100, 101, 102] and (ids[0, 3:] == -1).all() and np.isnan(scores[0, 3:]).all()
+    assert ids[1, 0] == 101 or ids[1, 0] == 100 + int(np.argmax(vectors @ vectors[1]))
+
+
+def test_reopened_index_gives_identical_results(partitioned, queries):
+    vectors, predicates = queries
+    a = Index.open(partitioned).search(vectors, predicates, 10)
+    b = Index.open(partitioned).search(vectors, predicates, 10)
+    assert (a[0] == b[0]).all()
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+def rewrite_manifest(path, edit):
+    with open(os.path.join(path, "manifest.json")) as f:
+        manifest = json.load(f)
+    edit(manifest)
+    with open(os.path.join(path, "manifest.json"), "w") as f:
+        json.dump(manifest, f)
+
+
+@pytest.mark.parametrize("bad", ["../outside", "shards/../../x", "/abs/path", "gs://bucket/x", "", "a//b", "./a", "C:\\x"])
+def test_shard_paths_that_escape_the_index_are_rejected(tmp_path, bad):
+    with pytest.raises(ManifestError, match="plain relative path"):
+        check_relative_path(bad)
+    build_index(str(tmp_path), [1, 2], np.eye(2, dtype=np.float32))
+    rewrite_manifest(str(tmp_path), lambda m: m["partitions"][0].update(path=bad))
+    with pytest.raises(ManifestError, match="plain relative path"):
+        Index.open(str(tmp_path))
+
+
+def test_missing_or_broken_manifest_and_tampered_shard_fail_clearly(tmp_path):
+    with pytest.raises(ManifestError, match="no manifest.json"):
+        Index.open(str(tmp_path))
+    build_index(str(tmp_path), [1, 2], np.eye(2, dtype=np.float32))
+    rewrite_manifest(str(tmp_path), lambda m: m.update(version=7))
+    with pytest.raises(ManifestError, match="version 7"):
+        Index.open(str(tmp_path))
+    build_index(str(tmp_path), [1, 2], np.eye(2, dtype=np.float32))
+    with open(os.path.join(tmp_path, "shards", "p00000", "rows.parquet"), "ab") as f:
+        f.write(b"x")
+    with pytest.raises(ManifestError, match="checksum"):
+        Index.open(str(tmp_path)).search(np.eye(2, dtype=np.float32), k=1)
+
+
+def test_wrong_query_dimension_is_a_clear_error(tmp_path):
+    build_index(str(tmp_path), [1, 2], np.eye(2, dtype=np.float32))
+    with pytest.raises(ValueError, match="dimension 2"):
+        Index.open(str(tmp_path)).search(np.ones((1, 3), np.float32))
