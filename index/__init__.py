@@ -10,7 +10,8 @@ Usable in-process on its own::
 import importlib
 
 _EXPORTS = {
-    "Index": "index", "Partition": "index", "build_index": "index",
+    "Index": "index", "build_index": "index",
+    "PartitionPlan": "plan", "fit_plan": "plan",
     "Manifest": "manifest", "ManifestError": "manifest",
     "Predicate": "predicate", "PredicateError": "predicate", "parse": "predicate",
     "SearchParams": "shard", "Shard": "shard", "ShardConfig": "shard", "ShardFormatError": "shard",

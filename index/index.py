@@ -8,7 +8,6 @@ queries, and merges the per-partition top-k into the global top-k.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Sequence
 
 import numpy as np
@@ -16,24 +15,12 @@ import pyarrow as pa
 
 from beamvec.index import exact, fs
 from beamvec.index.manifest import Manifest, ManifestError, PartitionEntry, check_relative_path, checksum
-from beamvec.index.predicate import Box, MATCH_ALL, Predicate, may_match, parse
-from beamvec.index.shard import SearchParams, SearchStats, Shard
+from beamvec.index.plan import PartitionPlan, SinglePlan, plan_from_json
+from beamvec.index.predicate import MATCH_ALL, Predicate
+from beamvec.index.shard import SearchParams, SearchStats, Shard, group_predicates
 
 # Handles in merged results: partition ordinal * _ROW_SPACE + row.
 _ROW_SPACE = 1 << 40
-
-
-@dataclasses.dataclass(frozen=True)
-class Partition:
-    """Rows to put in one shard, and the predicate they all satisfy (MATCH_ALL for none)."""
-
-    rows: np.ndarray
-    description: Predicate = MATCH_ALL
-
-
-def description_box(description: Predicate) -> Box:
-    """The region of attribute space a partition description confines its rows to."""
-    return Box.everything().restrict(description, True)
 
 
 def write_shard(index_path: str, partition_id: str, shard: Shard, description: Predicate = MATCH_ALL) -> PartitionEntry:
@@ -60,34 +47,40 @@ def build_index(
     vectors: np.ndarray,
     attributes: pa.Table | None = None,
     metric: str = "dot_product",
-    partitions: Sequence[Partition] | None = None,
-    plan: dict | None = None,
+    plan: PartitionPlan | None = None,
     config: str | None = None,
     recall_target: float = 0.95,
     seed: int = 0,
 ) -> Manifest:
-    """Build an index in-process: one shard per partition (default: one for all rows).
+    """Build an index in-process: one shard per non-empty partition of ``plan`` (default: one).
 
     Shards are written first, the manifest last, so a reader never sees an index
     whose shards are not all in place.
     """
     ids = ids if isinstance(ids, pa.Array) else pa.array(list(ids))
     vectors = np.asarray(vectors, np.float32)
-    attributes = attributes if attributes is not None else pa.table({})
-    partitions = partitions if partitions is not None else [Partition(np.arange(len(vectors)))]
+    attributes = attributes if attributes is not None and attributes.num_columns else pa.table({"id": ids})
+    plan = plan or SinglePlan()
+    assignment = plan.assign(attributes if "id" in attributes.column_names else attributes.append_column("id", ids), vectors)
+    descriptions = plan.descriptions()
     fs.filesystem_for(path).makedirs(path)
     entries = []
-    for ordinal, part in enumerate(partitions):
-        rows = pa.array(np.asarray(part.rows, np.int64))
-        shard = Shard.build(
-            ids.take(rows), vectors[part.rows],
-            attributes.take(rows) if attributes.num_columns else None,
-            metric=metric, config=config, recall_target=recall_target, seed=seed,
-        )
-        entries.append(write_shard(path, f"p{ordinal:05d}", shard, part.description))
-    manifest = Manifest(metric, vectors.shape[1], id_type_name(ids), tuple(entries), plan)
+    for ordinal in range(plan.num_partitions):
+        rows = np.flatnonzero(assignment == ordinal)
+        if len(rows) == 0:
+            continue
+        taken = pa.array(rows)
+        shard = Shard.build(ids.take(taken), vectors[rows], attributes.take(taken),
+                            metric=metric, config=config, recall_target=recall_target, seed=seed)
+        entries.append(write_shard(path, partition_id(ordinal), shard, descriptions[ordinal]))
+    manifest = Manifest(metric, vectors.shape[1], id_type_name(ids), tuple(entries), plan.to_json())
     manifest.write(path)
     return manifest
+
+
+def partition_id(ordinal: int) -> str:
+    """The id of a plan's partition: p00000, p00001, ..."""
+    return f"p{ordinal:05d}"
 
 
 class Index:
@@ -104,7 +97,8 @@ class Index:
         self.stats = SearchStats()
         self.partitions_searched = 0
         self._shards: dict[str, Shard] = {}
-        self._boxes = [description_box(parse(p.description)) for p in manifest.partitions]
+        self.plan = plan_from_json(manifest.plan)
+        self._entry = {p.id: i for i, p in enumerate(manifest.partitions)}
 
     @classmethod
     def open(cls, path: str, verify: bool = True) -> "Index":
@@ -133,13 +127,6 @@ class Index:
             self._shards[entry.id] = shard
         return self._shards[entry.id]
 
-    def route(self, predicates: Sequence[Predicate]) -> list[np.ndarray]:
-        """Per partition, the positions of the queries whose predicate may match a row in it."""
-        distinct = {p: i for i, p in enumerate(dict.fromkeys(predicates))}
-        reach = np.array([[may_match(p, box) for box in self._boxes] for p in distinct], dtype=bool).reshape(len(distinct), -1)
-        per_query = reach[[distinct[p] for p in predicates]] if predicates else reach[:0]
-        return [np.flatnonzero(per_query[:, j]) for j in range(len(self._boxes))]
-
     def search(
         self,
         vectors: np.ndarray,
@@ -158,12 +145,17 @@ class Index:
         if vectors.ndim != 2 or vectors.shape[1] != self.dimension:
             raise ValueError(f"query vectors have shape {vectors.shape}; the index has dimension {self.dimension}")
         n = len(vectors)
-        parsed = [p if isinstance(p, Predicate) else parse(p) for p in (predicates or [None] * n)]
-        if len(parsed) != n:
-            raise ValueError(f"{len(parsed)} predicates for {n} queries")
+        groups = group_predicates(predicates if predicates is not None else [None] * n)
+        parsed: list[Predicate] = [MATCH_ALL] * n
+        for p, members in groups.items():
+            for i in members:
+                parsed[i] = p
+        if sum(len(m) for m in groups.values()) != n:
+            raise ValueError(f"{sum(len(m) for m in groups.values())} predicates for {n} queries")
         best = (np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32))
-        for ordinal, members in enumerate(self.route(parsed)):
-            if len(members) == 0:
+        for part, members in enumerate(self.plan.route(groups, vectors)):
+            ordinal = self._entry.get(partition_id(part))
+            if len(members) == 0 or ordinal is None:
                 continue
             result = self.shard(ordinal).search(vectors[members], k, [parsed[i] for i in members], params)
             self.stats.add(result.stats)

@@ -199,7 +199,7 @@ class MatchAll(Predicate):
         return pa.array(np.ones(frame.num_rows, dtype=bool))
 
     def _possible(self, box: Box) -> _Possible:
-        return _Possible(True, False, False)
+        return _Possible(True, False)
 
     def _restrict(self, box: Box, holds: bool) -> Box:
         return box
@@ -227,11 +227,8 @@ class _Atom(Predicate):
 
     def _possible(self, box: Box) -> _Possible:
         bounds = box.bounds(self.column)
-        return _Possible(
-            self._restrict_bounds(bounds, True).has_values(),
-            self._restrict_bounds(bounds, False).has_values(),
-            bounds.nullable,
-        )
+        return _Possible(self._restrict_bounds(bounds, True).has_values(),
+                         self._restrict_bounds(bounds, False).has_values())
 
     def _restrict(self, box: Box, holds: bool) -> Box:
         return box._with(self.column, self._restrict_bounds(box.bounds(self.column), holds))
@@ -376,7 +373,7 @@ class IsNull(_Atom):
     def _possible(self, box: Box) -> _Possible:
         bounds = box.bounds(self.column)
         null, value = bounds.nullable, bounds.has_values()
-        return _Possible(value, null, False) if self.negated else _Possible(null, value, False)
+        return _Possible(value, null) if self.negated else _Possible(null, value)
 
     def _restrict_bounds(self, bounds: Bounds, holds: bool) -> Bounds:
         return bounds._allow(()) if holds != self.negated else bounds._non_null()
@@ -440,7 +437,7 @@ class Not(Predicate):
 
     def _possible(self, box: Box) -> _Possible:
         inner = self.part._possible(box)
-        return _Possible(inner.false, inner.true, inner.null)
+        return _Possible(inner.false, inner.true)
 
     def _restrict(self, box: Box, holds: bool) -> Box:
         return self.part._restrict(box, False) if holds else box
@@ -483,8 +480,7 @@ class And(_Junction):
 
     def _possible(self, box: Box) -> _Possible:
         ps = [p._possible(box) for p in self.parts]
-        return _Possible(all(p.true for p in ps), any(p.false for p in ps),
-                         any(p.null for p in ps) and all(p.true or p.null for p in ps))
+        return _Possible(all(p.true for p in ps), any(p.false for p in ps))
 
     def _restrict(self, box: Box, holds: bool) -> Box:
         return functools.reduce(lambda b, p: p._restrict(b, True), self.parts, box) if holds else box
@@ -502,8 +498,7 @@ class Or(_Junction):
 
     def _possible(self, box: Box) -> _Possible:
         ps = [p._possible(box) for p in self.parts]
-        return _Possible(any(p.true for p in ps), all(p.false for p in ps),
-                         any(p.null for p in ps) and all(p.false or p.null for p in ps))
+        return _Possible(any(p.true for p in ps), all(p.false for p in ps))
 
     def _restrict(self, box: Box, holds: bool) -> Box:
         return box if holds else functools.reduce(lambda b, p: p._restrict(b, False), self.parts, box)
@@ -533,6 +528,27 @@ def not_(part: Predicate) -> Predicate:
     if isinstance(part, (Between, In, IsNull)):
         return dataclasses.replace(part, negated=not part.negated)
     return Not(part)
+
+
+def not_true(part: Predicate) -> Predicate:
+    """A predicate true exactly where ``part`` is false or null (what ``NOT part`` misses on nulls).
+
+    Raises PredicateError for MATCH_ALL, which is never false or null.
+    """
+    return _not_true(part, False)
+
+
+def _not_true(part: Predicate, flip: bool) -> Predicate:
+    """Where ``part`` is not true (flip=False) or not false (flip=True)."""
+    if isinstance(part, MatchAll):
+        raise PredicateError("MATCH_ALL is never false or null")
+    if isinstance(part, Not):
+        return _not_true(part.part, not flip)
+    if isinstance(part, _Junction):
+        combine = or_ if isinstance(part, And) != flip else and_
+        return combine(*(_not_true(p, flip) for p in part.parts))
+    side = part if flip else not_(part)
+    return side if isinstance(part, IsNull) else or_(side, IsNull(part.column))  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------------- parsing
@@ -955,7 +971,7 @@ def _compare(column: _Column, op: str, value: Value) -> Any:
         exact = _exact(column, value)
         operand = exact
         if exact.denominator != 1 or not column.low <= exact <= column.high:
-            below, above = math.ceil(exact) - 1, math.floor(exact) + 1
+            below, above = math.floor(exact), math.ceil(exact)
             below = None if below < column.low else min(below, column.high)
             above = None if above > column.high else max(above, column.low)
             op, operand = _snap(op, below, above, column.low, column.high)
@@ -976,7 +992,7 @@ def _membership(column: _Column, values: tuple) -> Any:
     else:
         keys = list(values)
     found = pc.is_in(array, value_set=pa.array(keys, array.type))
-    return found
+    return pc.if_else(pc.is_null(array), pa.scalar(None, pa.bool_()), found)
 
 
 # ------------------------------------------------------------------------------- boxes
@@ -1150,7 +1166,8 @@ class Bounds:
         """Bounds from :meth:`to_json` output."""
         if not isinstance(obj, Mapping):
             raise PredicateError(f"bounds JSON must be an object, got {obj!r}")
-        return cls(_field(obj, "low", (str, int, float, type(None))), _field(obj, "high", (str, int, float, type(None))),
+        bound = (str, int, float, type(None))
+        return cls(_field(obj, "low", bound), _field(obj, "high", bound),
                    _field(obj, "low_inclusive", bool), _field(obj, "high_inclusive", bool),
                    None if obj.get("allowed") is None else _json_values(obj, "allowed"),
                    _json_values(obj, "excluded"), _field(obj, "nullable", bool))
@@ -1227,17 +1244,21 @@ class Box:
 
 
 class _Possible(NamedTuple):
-    """Which truth values a predicate can take on some row of a box."""
+    """Whether a predicate can be true, and whether it can be false (not null), on some row of a box.
+
+    Null needs no tracking: under Kleene logic whether a node can be true or false
+    depends only on whether its parts can be true or false (NOT swaps them; an unknown
+    part never makes AND or OR true or false).
+    """
 
     true: bool
     false: bool
-    null: bool
 
 
 def may_match(predicate: Predicate, box: Box) -> bool:
     """False only if no row in ``box`` can satisfy ``predicate`` (sound, not always exact).
 
-    Each atom is judged on its column's bounds (can it be true, false, null there?)
-    and the judgements are combined with Kleene logic.
+    Each atom is judged on its column's bounds (can it be true? can it be false, as
+    opposed to null?) and the judgements are combined with Kleene logic.
     """
     return not box.is_empty() and predicate._possible(box).true

@@ -49,8 +49,6 @@ _CALIBRATION_K = 10
 _CALIBRATION_FETCHES = (10, 16, 32, 64, 128, 256, 512, 1024, 2048)
 # Calibrate a little above the target: the sample's rows stand in for unseen queries.
 _CALIBRATION_MARGIN = 0.02
-# Candidates re-scored exactly per result fetched (at least the config's reorder).
-_REORDER_PER_FETCH = 4
 _MASK_CACHE = 512
 # Cost of scoring one row relative to one float dot product, by method.
 _COST_GEMM = 1.0  # pre-filter: gather + matrix product
@@ -283,7 +281,7 @@ class Shard:
     def _scann_search(self, queries: np.ndarray, fetch: int, leaves: int) -> tuple[np.ndarray, np.ndarray]:
         """ScaNN top-``fetch`` (rows, keys), -1 / -inf where ScaNN found fewer."""
         fetch = min(fetch, self.num_rows)
-        pre = max(self.config.reorder, _REORDER_PER_FETCH * fetch)
+        pre = self._reorder_for(fetch)
         if self.config.brute_force:
             idx, dist = self._searcher.search_batched(queries, fetch)
         else:
@@ -316,7 +314,7 @@ class Shard:
             return n * _COST_GEMM + fetch * _COST_REORDER, fetch, 0
         leaves = params.leaves_to_search or self.calibration.leaves_for(fetch, self.config.num_leaves)
         scanned = leaves * n / self.config.num_leaves
-        return scanned * _COST_AH + max(_REORDER_PER_FETCH * fetch, self.config.reorder) * _COST_REORDER, fetch, leaves
+        return scanned * _COST_AH + self._reorder_for(fetch) * _COST_REORDER, fetch, leaves
 
     def search(
         self,
@@ -337,12 +335,9 @@ class Shard:
         if queries.ndim != 2 or queries.shape[1] != self.dimension:
             raise ValueError(f"queries have shape {queries.shape}; this shard has dimension {self.dimension}")
         n = len(queries)
-        parsed = [p if isinstance(p, Predicate) else parse(p) for p in (predicates or [None] * n)]
-        if len(parsed) != n:
-            raise ValueError(f"{len(parsed)} predicates for {n} queries")
-        groups: dict[Predicate, list[int]] = {}
-        for i, p in enumerate(parsed):
-            groups.setdefault(p, []).append(i)
+        groups = group_predicates(predicates if predicates is not None else [None] * n)
+        if sum(len(m) for m in groups.values()) != n:
+            raise ValueError(f"{sum(len(m) for m in groups.values())} predicates for {n} queries")
         for p in groups:
             p.validate(self.attributes.schema)
 
@@ -352,7 +347,6 @@ class Shard:
         for p, members in groups.items():
             mask = self.mask(p)
             matches = self.num_rows if mask is None else int(mask.sum())
-            members = np.asarray(members)
             if matches == 0:
                 continue
             post_cost, fetch, leaves = self._post_cost(matches, k, params)
@@ -393,11 +387,15 @@ class Shard:
                 result.stats.fallbacks += int(short.sum())
                 pre.append((mask, group[short]))
 
+    def _reorder_for(self, fetch: int) -> int:
+        """Candidates re-scored exactly for a fetch size: the config's reorder per 10 results."""
+        return max(self.config.reorder, fetch * self.config.reorder // _CALIBRATION_K)
+
     def _rows_scanned(self, fetch: int, leaves: int) -> int:
         """Rows a ScaNN search touches: those in the searched leaves (all, for brute force)."""
         if self.config.brute_force:
             return self.num_rows
-        return round(leaves * self.num_rows / self.config.num_leaves) + max(_REORDER_PER_FETCH * fetch, self.config.reorder)
+        return round(leaves * self.num_rows / self.config.num_leaves) + self._reorder_for(fetch)
 
     def ids_of(self, rows: np.ndarray) -> pa.Array:
         """The ids of row positions (-1 gives null), flattened row-major."""
@@ -481,6 +479,21 @@ class ShardResult:
     @classmethod
     def empty(cls, n: int, k: int) -> "ShardResult":
         return cls(np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32), SearchStats())
+
+
+def group_predicates(predicates: Sequence[Predicate | str | None]) -> dict[Predicate, np.ndarray]:
+    """Queries grouped by predicate: each distinct predicate and the positions that carry it.
+
+    Texts are parsed once each; equal predicates written differently share a group.
+    """
+    by_object: dict[int, tuple[Predicate | str | None, list[int]]] = {}
+    for i, p in enumerate(predicates):
+        by_object.setdefault(id(p), (p, []))[1].append(i)
+    groups: dict[Predicate, list[int]] = {}
+    for p, members in by_object.values():
+        parsed = p if isinstance(p, Predicate) else parse(p)
+        groups.setdefault(parsed, []).extend(members)
+    return {p: np.asarray(sorted(m), np.int64) for p, m in groups.items()}
 
 
 def _with_ids(attributes: pa.Table, ids: pa.Array) -> pa.Table:

@@ -19,6 +19,16 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from beamvec.pipelines import bench
+
+    print(f"beamvec bench {args.suite}: {args.num_items} items x {args.dimension}-d, {args.num_queries} queries", flush=True)
+    print(bench.SELECTIVITY_HEADER, flush=True)
+    bench.selectivity_suite(args.num_items, args.dimension, args.num_queries, args.selectivities, args.k,
+                            args.repeats, args.seed, log=lambda line: print(line, flush=True))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser, with every subcommand."""
     p = argparse.ArgumentParser(prog="beamvec", description="Batch-scale hybrid vector search on Apache Beam.")
@@ -32,6 +42,16 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--index-dir", help="keep the index here (default: a temporary directory)")
     demo.set_defaults(run=_demo)
+    bench = sub.add_parser("bench", help="measure recall and throughput side by side")
+    bench.add_argument("--suite", choices=["selectivity"], default="selectivity")
+    bench.add_argument("--num-items", type=int, default=200_000)
+    bench.add_argument("--num-queries", type=int, default=10_000)
+    bench.add_argument("--dimension", type=int, default=96)
+    bench.add_argument("--selectivities", type=float, nargs="+", default=[0.01, 0.1, 1.0])
+    bench.add_argument("--k", type=int, default=10)
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--seed", type=int, default=0)
+    bench.set_defaults(run=_bench)
     return p
 
 

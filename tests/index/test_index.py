@@ -8,8 +8,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from beamvec.index import Index, ManifestError, Partition, build_index, exact, synthetic
+from beamvec.index import Index, ManifestError, build_index, exact, synthetic
 from beamvec.index.manifest import check_relative_path
+from beamvec.index.plan import AttributePlan
 from beamvec.index.predicate import parse
 from beamvec.index.schema import validate_items
 
@@ -27,16 +28,10 @@ def queries():
     return table.column("vector").combine_chunks().values.to_numpy().reshape(-1, DIM), table.column("predicate").to_pylist()
 
 
-def by_category(items):
-    """Partitions: one per popular category, one for the rest, each described by its predicate."""
-    category = items.table.column("category")
-    parts = []
-    for value in ("rock", "pop"):
-        parts.append(Partition(np.flatnonzero(pc.equal(category, value).to_numpy(zero_copy_only=False)),
-                               parse(f"category = '{value}'")))
-    rest = parse("category NOT IN ('rock', 'pop')")
-    parts.append(Partition(np.flatnonzero(rest.evaluate(items.table)), rest))
-    return parts
+def by_category():
+    """Partitions: one per popular category, one for the rest (nulls included)."""
+    parts = ["category = 'rock'", "category = 'pop'", "category NOT IN ('rock', 'pop')", "category IS NULL"]
+    return AttributePlan("category", [parse(p) for p in parts])
 
 
 def truth_ids(items, vectors, predicates, k=10):
@@ -54,7 +49,7 @@ def recall(found, truth):
 def partitioned(tmp_path_factory, items):
     path = str(tmp_path_factory.mktemp("idx") / "partitioned")
     build_index(path, items.table.column("id").combine_chunks(), items.vectors,
-                items.table.drop_columns(["vector"]), partitions=by_category(items))
+                items.table.drop_columns(["vector"]), plan=by_category())
     return path
 
 
@@ -74,12 +69,14 @@ def test_partitioned_index_matches_the_oracle(partitioned, items, queries):
 
 def test_routing_skips_partitions_that_cannot_match(partitioned, queries):
     index = Index.open(partitioned)
-    routes = index.route([parse("category = 'rock'"), parse("category = 'jazz'"), parse(""), parse("year > 2000")])
+    groups = {parse(text): np.array([i]) for i, text in enumerate(["category = 'rock'", "category = 'jazz'", "", "year > 2000"])}
+    routes = index.plan.route(groups, np.zeros((4, DIM), np.float32))
     reached = [[q for q, members in enumerate(routes) if i in members] for i in range(4)]
-    assert reached == [[0], [2], [0, 1, 2], [0, 1, 2]]
+    assert reached == [[0], [2], [0, 1, 2, 3], [0, 1, 2, 3]]
     vectors, predicates = queries
     index.search(vectors, predicates, 10)
     assert index.partitions_searched < 3 * len(vectors)
+    assert len(index.manifest.partitions) == 3  # the empty null partition has no shard
 
 
 def test_single_partition_int_ids_pad_with_minus_one(tmp_path):

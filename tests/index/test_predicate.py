@@ -32,6 +32,7 @@ from beamvec.index.predicate import (
     from_json,
     may_match,
     not_,
+    not_true,
     or_,
     parse,
 )
@@ -495,6 +496,22 @@ def test_evaluate_matches_naive(data, rows: list[dict], p: Predicate) -> None:
     assert result.tolist() == expected
 
 
+@SETTINGS
+@given(st.data(), rows_strategy(), TYPED_PREDICATES)
+def test_not_true_is_the_complement(data, rows: list[dict], p: Predicate) -> None:
+    table = data.draw(variants(rows))
+    assert (not_true(p).evaluate(table) == ~p.evaluate(table)).all()
+    assert (not_true(not_true(p)).evaluate(table) == p.evaluate(table)).all()
+
+
+def test_not_true_examples() -> None:
+    assert not_true(parse("x = 1")) == parse("NOT x = 1 OR x IS NULL")
+    assert not_true(parse("x IS NULL")) == parse("x IS NOT NULL")
+    assert not_true(parse("NOT (a AND x IN (1))")) == parse("(a OR a IS NULL) AND (x IN (1) OR x IS NULL)")
+    with pytest.raises(PredicateError):
+        not_true(MATCH_ALL)
+
+
 def test_null_semantics() -> None:
     table = pa.table({"x": pa.array([1, None, 3]), "f": pa.array([1.0, math.nan, None])})
     assert parse("x NOT IN (5)").evaluate(table).tolist() == [True, False, True]
@@ -524,6 +541,7 @@ def test_exact_comparisons_across_types() -> None:
             "f": pa.array([2.0**53, 2.0**53 + 2, -1.0, 0.5]),
         }
     )
+    zeros = pa.table({"z": pa.array([-0.0, 0.0, 1.5], pa.float32())})
     cases = {
         "i8 < 1000": [True] * 4,
         "i8 > -1000": [True] * 4,
@@ -541,10 +559,14 @@ def test_exact_comparisons_across_types() -> None:
         "f IN (9007199254740993, 1)": [False] * 4,
         "f < 1e300": [True] * 4,
         "f > -1": [True, True, False, True],
-        "f < 10000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000": [True] * 4,
+        "z IN (0)": [True, True, False],
+        "z IN (-0.0, 1.5)": [True, True, True],
+        "z = -0.0": [True, True, False],
+        f"f < 1{'0' * 330}": [True] * 4,
     }
     for text, expected in cases.items():
-        assert parse(text).evaluate(table).tolist() == expected, text
+        data = zeros if text.startswith("z") else table
+        assert parse(text).evaluate(data).tolist() == expected, text
 
 
 def test_temporal_columns() -> None:
@@ -654,6 +676,15 @@ def test_describe_and_as_predicate() -> None:
     assert box_of(("x < 5", False), ("y", True)).describe() == "(x >= 5 OR x IS NULL) AND y IN (TRUE)"
     assert box_of(("x BETWEEN 1 AND 3", True), ("x = 2", False)).describe() == "x BETWEEN 1 AND 3 AND x NOT IN (2)"
     assert box_of(("x >= 1", True), ("x <= 1", True)).describe() == "x IN (1)"
+    assert box_of(("x NOT IN (1, 10)", True), ("x < 5", True)).describe() == "x < 5 AND x NOT IN (1)"
+    assert box_of(("x IN (1, 10)", True), ("x < 5", True)).describe() == "x IN (1)"
+    assert box_of(("x > 5", True), ("x >= 5", True), ("x <= 9", True), ("x < 9", True)).describe() == "x > 5 AND x < 9"
+    assert box_of(("x <= 3", True), ("x < 7", True), ("x >= -3", True)).describe() == "x BETWEEN -3 AND 3"
+    # an ISO string may equal a differently written one (on a timestamp column), so the range stays
+    ambiguous = box_of(("s = '2020-01-01'", True), ("s > '2020-01-01 00:00:00'", True))
+    assert ambiguous.describe() == "s IN ('2020-01-01') AND s > '2020-01-01 00:00:00'"
+    kept = box_of(("s NOT IN ('2020-01-01', '2019-01-01')", True), ("s > '2020-01-01 00:00:00'", True))
+    assert kept.describe() == "s > '2020-01-01 00:00:00' AND s NOT IN ('2020-01-01')"
 
 
 @SETTINGS

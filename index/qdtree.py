@@ -1,0 +1,196 @@
+"""The workload-aware partitioner: HQI's qd-tree (Mohoney et al., SIGMOD 2023; Yang et al., SIGMOD 2020).
+
+A binary tree whose cuts are atomic conditions taken from past queries'
+predicates. Fitting is greedy: at each node, the cut that lets the workload skip
+the most rows (summed over queries, weighted by frequency) wins, as long as both
+children keep at least the minimum size; a node no cut improves becomes a leaf.
+Each leaf is described by the conjunction of the cuts on its path, which is what
+routing tests a query's predicate against. A leaf larger than the maximum size is
+split further by k-means on its vectors, so no shard outgrows a worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from beamvec.index import kmeans
+from beamvec.index.plan import PartitionPlan
+from beamvec.index.predicate import MATCH_ALL, Box, Predicate, and_, may_match, not_true, parse
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """Distinct past predicates with their frequencies."""
+
+    predicates: tuple[Predicate, ...]
+    weights: tuple[float, ...]
+
+    @classmethod
+    def of(cls, texts: Sequence[str | None], weights: Sequence[float] | None = None, max_distinct: int = 256) -> "Workload":
+        """Group equal predicates (summing weights) and keep the ``max_distinct`` most frequent."""
+        totals: dict[Predicate, float] = {}
+        parsed: dict[str | None, Predicate] = {}
+        for i, text in enumerate(texts):
+            p = parsed.setdefault(text, parse(text))
+            totals[p] = totals.get(p, 0.0) + (1.0 if weights is None else float(weights[i]))
+        ranked = sorted(totals.items(), key=lambda item: (-item[1], item[0].to_text()))[:max_distinct]
+        return cls(tuple(p for p, _ in ranked), tuple(w for _, w in ranked))
+
+
+class QdTreePlan(PartitionPlan):
+    """A fitted qd-tree: cut nodes ``{"cut", "left", "right"}`` and leaves ``{"first", "centroids"}``.
+
+    A leaf owns partitions ``first .. first + len(centroids) - 1`` (one when it has no
+    centroids); node 0 is the root.
+    """
+
+    kind = "workload"
+
+    def __init__(self, nodes: list[dict]):
+        self.nodes = nodes
+        self._cuts = {i: parse(n["cut"]) for i, n in enumerate(nodes) if "cut" in n}
+        self._descriptions: list[Predicate] = []
+        self._box_cache: list[Box] = []
+        self._describe(0, [], Box.everything())
+
+    def _describe(self, node: int, path: list[Predicate], box: Box) -> None:
+        """Collect each leaf's description and box: the left child takes the cut, the right its
+        negation, which includes the rows where the cut is null."""
+        n = self.nodes[node]
+        if "cut" in n:
+            cut = self._cuts[node]
+            self._describe(n["left"], path + [cut], box.restrict(cut, True))
+            self._describe(n["right"], path + [not_true(cut)], box.restrict(cut, False))
+        else:
+            pieces = max(1, len(n.get("centroids") or []))
+            self._descriptions += [and_(*path) if path else MATCH_ALL] * pieces
+            self._box_cache += [box] * pieces
+
+    @property
+    def num_partitions(self) -> int:
+        return len(self._descriptions)
+
+    def descriptions(self) -> list[Predicate]:
+        return list(self._descriptions)
+
+    def assign(self, attributes: pa.Table, vectors: np.ndarray) -> np.ndarray:
+        out = np.full(attributes.num_rows, -1, np.int64)
+        stack = [(0, np.arange(attributes.num_rows))]
+        while stack:
+            node, rows = stack.pop()
+            n = self.nodes[node]
+            if "cut" in n:
+                holds = self._cuts[node].evaluate(attributes.take(pa.array(rows)))
+                stack += [(n["left"], rows[holds]), (n["right"], rows[~holds])]
+            elif n.get("centroids"):
+                out[rows] = n["first"] + kmeans.assign(vectors[rows], np.asarray(n["centroids"], np.float32))
+            else:
+                out[rows] = n["first"]
+        return out
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "nodes": self.nodes}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "QdTreePlan":
+        return cls(list(obj["nodes"]))
+
+    @classmethod
+    def fit(
+        cls,
+        attributes: pa.Table,
+        vectors: np.ndarray,
+        workload: Workload,
+        min_rows: int,
+        max_rows: int,
+        total_rows: int | None = None,
+        max_cuts: int = 64,
+        seed: int = 0,
+    ) -> "QdTreePlan":
+        """Fit on a sample: ``attributes`` and ``vectors`` of the sampled rows.
+
+        ``total_rows`` is the size of the whole collection (default: the sample's);
+        ``min_rows`` and ``max_rows`` bound partition sizes in the whole collection.
+        """
+        return _Fitter(attributes, vectors, workload, min_rows, max_rows, total_rows or attributes.num_rows,
+                       max_cuts, seed).plan()
+
+
+class _Fitter:
+    """Greedy top-down construction of a qd-tree over a sample."""
+
+    def __init__(self, attributes, vectors, workload, min_rows, max_rows, total_rows, max_cuts, seed):
+        if min_rows < 1 or max_rows < min_rows:
+            raise ValueError(f"need 1 <= min_rows <= max_rows, got {min_rows} and {max_rows}")
+        for p in workload.predicates:
+            p.validate(attributes.schema)
+        self.vectors = np.asarray(vectors, np.float32)
+        self.queries = workload.predicates
+        self.weights = np.asarray(workload.weights, np.float64)
+        self.scale = total_rows / max(1, attributes.num_rows)
+        self.min_rows, self.max_rows, self.seed = min_rows, max_rows, seed
+        self.cuts = self._candidate_cuts(max_cuts)
+        self.masks = [c.evaluate(attributes) for c in self.cuts]
+        self.nodes: list[dict] = []
+        self.partitions = 0
+        self._may: dict[tuple[int, Box], bool] = {}
+
+    def _candidate_cuts(self, max_cuts: int) -> list[Predicate]:
+        weight: dict[Predicate, float] = {}
+        for p, w in zip(self.queries, self.weights):
+            for atom in p.atoms():
+                weight[atom] = weight.get(atom, 0.0) + w
+        ranked = sorted(weight.items(), key=lambda item: (-item[1], item[0].to_text()))
+        return [a for a, _ in ranked[:max_cuts]]
+
+    def may(self, query: int, box: Box) -> bool:
+        key = (query, box)
+        if key not in self._may:
+            self._may[key] = may_match(self.queries[query], box)
+        return self._may[key]
+
+    def plan(self) -> QdTreePlan:
+        self._grow(np.arange(len(self.vectors)), Box.everything(), np.arange(len(self.queries)))
+        return QdTreePlan(self.nodes)
+
+    def _grow(self, rows: np.ndarray, box: Box, reaching: np.ndarray) -> int:
+        node = len(self.nodes)
+        self.nodes.append({})
+        best = self._best_cut(rows, box, reaching)
+        if best is None:
+            self.nodes[node] = self._leaf(rows)
+            return node
+        cut, holds = best
+        left_box, right_box = box.restrict(self.cuts[cut], True), box.restrict(self.cuts[cut], False)
+        left = self._grow(rows[holds], left_box, np.array([q for q in reaching if self.may(q, left_box)], np.int64))
+        right = self._grow(rows[~holds], right_box, np.array([q for q in reaching if self.may(q, right_box)], np.int64))
+        self.nodes[node] = {"cut": self.cuts[cut].to_text(), "left": left, "right": right}
+        return node
+
+    def _best_cut(self, rows: np.ndarray, box: Box, reaching: np.ndarray) -> tuple[int, np.ndarray] | None:
+        """The cut skipping the most weighted rows with both children large enough, or None."""
+        best, best_gain = None, 0.0
+        for c, mask in enumerate(self.masks):
+            holds = mask[rows]
+            n_left = int(holds.sum())
+            if min(n_left, len(rows) - n_left) * self.scale < self.min_rows:
+                continue
+            left_box, right_box = box.restrict(self.cuts[c], True), box.restrict(self.cuts[c], False)
+            gain = sum(self.weights[q] * ((not self.may(q, left_box)) * n_left
+                                          + (not self.may(q, right_box)) * (len(rows) - n_left)) for q in reaching)
+            if gain > best_gain:
+                best, best_gain = (c, holds), gain
+        return best
+
+    def _leaf(self, rows: np.ndarray) -> dict:
+        leaf: dict = {"first": self.partitions, "centroids": None}
+        pieces = math.ceil(len(rows) * self.scale / self.max_rows)
+        if pieces > 1 and len(rows) > 1:
+            leaf["centroids"] = kmeans.fit(self.vectors[rows], pieces, self.seed).tolist()
+        self.partitions += len(leaf["centroids"] or [None])
+        return leaf
