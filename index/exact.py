@@ -20,6 +20,8 @@ METRICS = ("dot_product", "cosine", "squared_l2")
 
 # Queries scored per matrix product: bounds the (block, rows) score matrix.
 _QUERY_BLOCK = 1024
+# Scores held at once by search_masked: bounds its (block, rows) matrix to 64 MB.
+_SCORES_PER_BLOCK = 1 << 24
 
 
 def check_metric(metric: str) -> str:
@@ -103,6 +105,31 @@ def search_rows(
             pos = np.where(pos >= 0, rows[np.maximum(pos, 0)], -1)
         out_pos[start:start + len(block)] = pos
         out_keys[start:start + len(block)] = keys
+    return out_pos, out_keys
+
+
+def search_masked(
+    vectors: np.ndarray, queries: np.ndarray, k: int, metric: str, masks: Sequence[np.ndarray | None]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of each query among the rows its own mask allows (None = all).
+
+    All queries are scored against all rows with one matrix product per block of
+    queries, then masked: cheaper than gathering rows per predicate when the
+    predicates are many and each matches a large share of the rows. Inputs must be
+    prepared; returns (row positions, keys).
+    """
+    n_rows = len(vectors)
+    norms = np.einsum("ij,ij->i", vectors, vectors) if metric == "squared_l2" else None
+    block = max(1, min(_QUERY_BLOCK, _SCORES_PER_BLOCK // max(1, n_rows)))
+    out_pos = np.empty((len(queries), k), np.int64)
+    out_keys = np.empty((len(queries), k), np.float32)
+    for start in range(0, len(queries), block):
+        stop = min(start + block, len(queries))
+        keys = score_matrix(queries[start:stop], vectors, metric, norms)
+        for i in range(start, stop):
+            if masks[i] is not None:
+                keys[i - start, ~masks[i]] = -np.inf
+        out_pos[start:stop], out_keys[start:stop] = top_k(keys, k)
     return out_pos, out_keys
 
 

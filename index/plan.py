@@ -24,6 +24,9 @@ from beamvec.index import kmeans
 from beamvec.index.predicate import MATCH_ALL, Box, Predicate, may_match, parse
 
 
+_ROUTE_CACHE = 100_000
+
+
 class PartitionPlan(abc.ABC):
     """Assigns rows to partitions 0..num_partitions-1 and routes queries to them."""
 
@@ -53,13 +56,23 @@ class PartitionPlan(abc.ABC):
         routes by description: a query visits every partition whose description can
         hold together with its predicate.
         """
-        boxes = self._boxes()
-        routed: list[list[np.ndarray]] = [[] for _ in boxes]
+        routed: list[list[np.ndarray]] = [[] for _ in range(self.num_partitions)]
         for p, members in groups.items():
-            for ordinal, box in enumerate(boxes):
-                if may_match(p, box):
-                    routed[ordinal].append(members)
+            for ordinal in self._reachable(p):
+                routed[ordinal].append(members)
         return [np.sort(np.concatenate(r)) if r else np.zeros(0, np.int64) for r in routed]
+
+    def _reachable(self, predicate: Predicate) -> list[int]:
+        """The partitions whose description may hold together with ``predicate`` (cached)."""
+        if not hasattr(self, "_route_cache"):
+            self._route_cache: dict[Predicate, list[int]] = {}
+        reachable = self._route_cache.get(predicate)
+        if reachable is None:
+            reachable = [o for o, box in enumerate(self._boxes()) if may_match(predicate, box)]
+            if len(self._route_cache) >= _ROUTE_CACHE:
+                self._route_cache.pop(next(iter(self._route_cache)))
+            self._route_cache[predicate] = reachable
+        return reachable
 
     def _boxes(self) -> list[Box]:
         if not hasattr(self, "_box_cache"):

@@ -114,7 +114,7 @@ def _literal_text(value: Value) -> str:
 class Predicate:
     """Base of all predicate nodes: immutable, hashable, equal by structure."""
 
-    __slots__ = ()
+    __slots__ = ("_hash",)
 
     def to_text(self) -> str:
         """Canonical text; ``parse(p.to_text()) == p``."""
@@ -154,7 +154,11 @@ class Predicate:
         return self._key() == other._key()  # type: ignore[attr-defined]
 
     def __hash__(self) -> int:
-        return hash((type(self).__name__, self._key()))
+        try:
+            return self._hash
+        except AttributeError:  # computed once: predicates key many caches
+            object.__setattr__(self, "_hash", hash((type(self).__name__, self._key())))
+            return self._hash
 
     def _key(self) -> tuple:
         return tuple(_tagged(getattr(self, f.name)) for f in dataclasses.fields(self))  # type: ignore[arg-type]

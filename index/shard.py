@@ -30,7 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from beamvec.index import exact, fs
-from beamvec.index.predicate import MATCH_ALL, Predicate, parse
+from beamvec.index.masks import MaskCache
+from beamvec.index.predicate import Predicate, parse
 
 FORMAT = "beamvec.shard"
 FORMAT_VERSION = 1
@@ -40,7 +41,7 @@ DATASET = "dataset.npy"
 ASSETS = "scann_assets.pbtxt"
 
 # Shards up to this many rows are searched by brute force.
-BRUTE_FORCE_ROWS = 20_000
+BRUTE_FORCE_ROWS = 4_096
 # Seeds and the unbalanced k-means trainer make ScaNN's build deterministic:
 # identical input gives identical partitions, codebooks and results.
 _DETERMINISTIC_PARTITIONING = "partitioning {\n  clustering_seed: 1\n  balancing_type: DEFAULT_UNBALANCED\n"
@@ -49,9 +50,11 @@ _CALIBRATION_K = 10
 _CALIBRATION_FETCHES = (10, 16, 32, 64, 128, 256, 512, 1024, 2048)
 # Calibrate a little above the target: the sample's rows stand in for unseen queries.
 _CALIBRATION_MARGIN = 0.02
-_MASK_CACHE = 512
+# A predicate matching at least this share of a shard's rows is scored over all rows, then masked.
+_DENSE_FRACTION = 0.25
 # Cost of scoring one row relative to one float dot product, by method.
 _COST_GEMM = 1.0  # pre-filter: gather + matrix product
+_COST_DENSE = 0.5  # pre-filter: matrix product over all rows, then the mask
 _COST_AH = 0.25  # post-filter: asymmetric hashing with 16-entry lookup tables
 _COST_REORDER = 2.0  # post-filter: exact re-scoring of fetched candidates
 
@@ -202,7 +205,7 @@ class Shard:
         self.calibration = calibration
         self.scann_config = scann_config
         self._searcher = searcher
-        self._masks: dict[Predicate, np.ndarray] = {}
+        self._masks = MaskCache(attributes)
 
     @property
     def num_rows(self) -> int:
@@ -294,16 +297,8 @@ class Shard:
         return rows, keys
 
     def mask(self, predicate: Predicate) -> np.ndarray | None:
-        """The rows that satisfy ``predicate`` (None for no filter), cached per predicate."""
-        if predicate == MATCH_ALL:
-            return None
-        mask = self._masks.get(predicate)
-        if mask is None:
-            mask = predicate.evaluate(self.attributes)
-            if len(self._masks) >= _MASK_CACHE:
-                self._masks.pop(next(iter(self._masks)))
-            self._masks[predicate] = mask
-        return mask
+        """The rows that satisfy ``predicate`` (None for no filter), cached."""
+        return self._masks.mask(predicate)
 
     def _post_cost(self, matches: int, k: int, params: SearchParams) -> tuple[float, int, int]:
         """(cost, fetch, leaves) of a post-filter search for a predicate with ``matches`` rows."""
@@ -350,18 +345,37 @@ class Shard:
             if matches == 0:
                 continue
             post_cost, fetch, leaves = self._post_cost(matches, k, params)
-            if matches * _COST_GEMM <= params.prefilter_cost_ratio * post_cost:
+            if self._pre_cost(matches) <= params.prefilter_cost_ratio * post_cost:
                 pre.append((mask, members))
             else:
                 post.setdefault((fetch, leaves), []).append((mask, members, matches))
         for (fetch, leaves), entries in post.items():
             self._post_filter(queries, k, fetch, leaves, entries, result, pre)
-        for mask, members in pre:
-            rows = None if mask is None else np.flatnonzero(mask)
-            result.rows[members], result.keys[members] = exact.search_rows(self.vectors, queries[members], k, self.metric, rows)
-            result.stats.prefiltered += len(members)
-            result.stats.rows_scored += len(members) * (self.num_rows if rows is None else len(rows))
+        self._pre_filter(queries, k, pre, result)
         return result
+
+    def _pre_cost(self, matches: int) -> float:
+        """Per-query cost of exact scoring: masked over all rows when most match, else gathered."""
+        if matches >= _DENSE_FRACTION * self.num_rows:
+            return self.num_rows * _COST_DENSE
+        return matches * _COST_GEMM
+
+    def _pre_filter(self, queries: np.ndarray, k: int, groups: list, result: "ShardResult") -> None:
+        """Exact scores: predicates matching most rows share one masked product, others gather their rows."""
+        dense, sparse = [], []
+        for mask, members in groups:
+            is_dense = mask is None or mask.sum() >= _DENSE_FRACTION * self.num_rows
+            (dense if is_dense else sparse).append((mask, members))
+        for mask, members in sparse:
+            rows = np.flatnonzero(mask)
+            result.rows[members], result.keys[members] = exact.search_rows(self.vectors, queries[members], k, self.metric, rows)
+            result.stats.rows_scored += len(members) * len(rows)
+        if dense:
+            members = np.concatenate([m for _, m in dense])
+            masks = [mask for mask, m in dense for _ in range(len(m))]
+            result.rows[members], result.keys[members] = exact.search_masked(self.vectors, queries[members], k, self.metric, masks)
+            result.stats.rows_scored += len(members) * self.num_rows
+        result.stats.prefiltered += sum(len(m) for _, m in groups)
 
     def _post_filter(self, queries, k, fetch, leaves, entries, result: "ShardResult", pre: list) -> None:
         """One ScaNN call for all queries of a fetch size; short queries are queued for pre-filter."""

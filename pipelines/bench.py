@@ -87,3 +87,81 @@ def selectivity_suite(num_items: int, dimension: int, num_queries: int, selectiv
             log(row.markdown())
             rows.append(row)
     return rows
+
+
+@dataclasses.dataclass
+class PartitionRow:
+    """One partitioner's figures on held-out queries."""
+
+    partitioner: str
+    partitions: int
+    min_size: int
+    median_size: int
+    max_size: int
+    rows_scanned: float
+    lower_bound: float
+
+    def markdown(self) -> str:
+        return (f"| {self.partitioner} | {self.partitions} | {self.min_size:,} / {self.median_size:,} / {self.max_size:,} | "
+                f"{self.rows_scanned:,.0f} | {self.lower_bound:,.0f} | {self.rows_scanned / self.lower_bound:.1f}x |")
+
+
+PARTITION_HEADER = ("| partitioner | partitions | size min / median / max | rows scanned per query | "
+                    "lower bound (matching rows) | ratio |\n|---|---|---|---|---|---|")
+
+
+def partition_suite(num_items: int, dimension: int, num_queries: int, min_rows: int, max_rows: int,
+                    k: int = 10, repeats: int = 3, seed: int = 0, sample_rows: int = 50_000,
+                    log: Callable[[str], None] = print) -> tuple[list[PartitionRow], dict]:
+    """Fit each partitioner on half of a skewed workload; measure on the other half.
+
+    Returns the per-partitioner rows and, for the workload-aware plan against one
+    shard holding everything, ``Index.search`` queries/second and recall@k.
+    """
+    from beamvec.index.plan import fit_plan, rows_scanned
+
+    items = validate_items(synthetic.make_items(num_items, dimension, seed))
+    workload = synthetic.random_predicates(num_queries, seed)
+    fit_half, test_half = workload[::2], workload[1::2]
+    queries = synthetic.make_queries(len(test_half), dimension, seed, predicates=test_half)
+    vectors = queries.column("vector").combine_chunks().values.to_numpy().reshape(-1, dimension)
+    attributes = items.table.drop_columns(["vector"])
+    sample = np.sort(np.random.default_rng(seed).choice(num_items, min(sample_rows, num_items), replace=False))
+    masks = {p: parse(p).evaluate(items.table) if p else None for p in set(test_half)}
+    lower = float(np.mean([num_items if masks[p] is None else masks[p].sum() for p in test_half]))
+    rows, plans = [], {}
+    for spec in ("workload", "hash", "attribute:category", "kmeans"):
+        start = time.perf_counter()
+        count = plans["workload"].num_partitions if plans else None
+        plan = fit_plan(spec, attributes.take(sample), items.vectors[sample], fit_half, min_rows, max_rows,
+                        total_rows=num_items, partitions=count, seed=seed)
+        plans[spec] = plan
+        sizes = np.bincount(plan.assign(attributes, items.vectors), minlength=plan.num_partitions)
+        scanned = float(rows_scanned(plan, sizes, test_half, vectors).mean())
+        row = PartitionRow(spec, plan.num_partitions, int(sizes.min()), int(np.median(sizes)), int(sizes.max()),
+                           scanned, lower)
+        log(f"{row.markdown()}  (fitted in {time.perf_counter() - start:.1f} s)")
+        rows.append(row)
+    truth, _ = exact.search(items.vectors, vectors, k, "dot_product", [masks[p] for p in test_half])
+    truth_ids = np.where(truth >= 0, items.table.column("id").to_numpy()[np.maximum(truth, 0)], -1)
+    searched = {}
+    with tempfile.TemporaryDirectory(prefix="beamvec-bench-") as tmp:
+        indexes = {}
+        for name, plan in (("workload", plans["workload"]), ("single shard", None)):
+            start = time.perf_counter()
+            build_index(f"{tmp}/{name}", items.table.column("id").combine_chunks(), items.vectors, attributes,
+                        plan=plan, seed=seed)
+            log(f"built {name} index in {time.perf_counter() - start:.1f} s")
+            indexes[name] = Index.open(f"{tmp}/{name}")
+            indexes[name].search(vectors, test_half, k)  # warm-up: loads shards, caches masks
+        for _ in range(repeats):  # alternate, so both see the same machine load
+            for name, index in indexes.items():
+                start = time.perf_counter()
+                ids, _ = index.search(vectors, test_half, k)
+                searched.setdefault(name, []).append(time.perf_counter() - start)
+                searched[name + " recall"] = float(exact.recall(ids, truth_ids).mean())
+    figures = {name: {"qps": len(test_half) / float(np.median(searched[name])), "recall": searched[name + " recall"]}
+               for name in indexes}
+    for name, f in figures.items():
+        log(f"Index.search, {name}: {f['qps']:,.0f} queries/s, recall@{k} {f['recall']:.4f}")
+    return rows, figures

@@ -23,9 +23,15 @@ def _bench(args: argparse.Namespace) -> int:
     from beamvec.pipelines import bench
 
     print(f"beamvec bench {args.suite}: {args.num_items} items x {args.dimension}-d, {args.num_queries} queries", flush=True)
-    print(bench.SELECTIVITY_HEADER, flush=True)
-    bench.selectivity_suite(args.num_items, args.dimension, args.num_queries, args.selectivities, args.k,
-                            args.repeats, args.seed, log=lambda line: print(line, flush=True))
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    if args.suite == "selectivity":
+        print(bench.SELECTIVITY_HEADER, flush=True)
+        bench.selectivity_suite(args.num_items, args.dimension, args.num_queries, args.selectivities, args.k,
+                                args.repeats, args.seed, log=log)
+    else:
+        print(bench.PARTITION_HEADER, flush=True)
+        bench.partition_suite(args.num_items, args.dimension, args.num_queries, args.min_partition_rows,
+                              args.max_partition_rows, args.k, args.repeats, args.seed, log=log)
     return 0
 
 
@@ -43,11 +49,13 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--index-dir", help="keep the index here (default: a temporary directory)")
     demo.set_defaults(run=_demo)
     bench = sub.add_parser("bench", help="measure recall and throughput side by side")
-    bench.add_argument("--suite", choices=["selectivity"], default="selectivity")
+    bench.add_argument("--suite", choices=["selectivity", "partitions"], default="selectivity")
     bench.add_argument("--num-items", type=int, default=200_000)
     bench.add_argument("--num-queries", type=int, default=10_000)
     bench.add_argument("--dimension", type=int, default=96)
     bench.add_argument("--selectivities", type=float, nargs="+", default=[0.01, 0.1, 1.0])
+    bench.add_argument("--min-partition-rows", type=int, default=5_000)
+    bench.add_argument("--max-partition-rows", type=int, default=50_000)
     bench.add_argument("--k", type=int, default=10)
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--seed", type=int, default=0)

@@ -37,7 +37,7 @@ def oracle(items, queries, predicates, k, metric="dot_product"):
 
 def test_config_is_chosen_from_size(shard):
     assert shard.config.spec() == "Tree224,AH2,Reorder100"
-    assert ShardConfig.for_shape(5_000, 64).spec() == "Brute"
+    assert ShardConfig.for_shape(4_000, 64).spec() == "Brute" and ShardConfig.for_shape(10_000, 64).spec() == "Tree100,AH2,Reorder100"
     assert 1 <= shard.calibration.leaves_to_search <= 224
     assert shard.calibration.recall >= 0.95
 
