@@ -47,7 +47,7 @@ BRUTE_FORCE_ROWS = 4_096
 _DETERMINISTIC_PARTITIONING = "partitioning {\n  clustering_seed: 1\n  balancing_type: DEFAULT_UNBALANCED\n"
 _CALIBRATION_QUERIES = 256
 _CALIBRATION_K = 10
-_CALIBRATION_FETCHES = (10, 16, 32, 64, 128, 256, 512, 1024, 2048)
+_CALIBRATION_FETCHES = (10, 32, 128, 512, 2048)
 # Calibrate a little above the target: the sample's rows stand in for unseen queries.
 _CALIBRATION_MARGIN = 0.02
 # A predicate matching at least this share of a shard's rows is scored over all rows, then masked.
@@ -159,7 +159,7 @@ class SearchStats:
 class Calibration:
     """Leaves to search, per fetch size, for recall >= target; measured on the shard's own rows.
 
-    ``leaves`` pairs each fetch size F (10, 16, 32, ... 2048) with the fewest leaves
+    ``leaves`` pairs each fetch size F (10, 32, 128, 512, 2048; at most an eighth of the rows) with the fewest leaves
     for which ScaNN's top-F holds at least ``target`` of the exact top-F. A filter of
     selectivity s needs about the unfiltered top-k/s, so the post-filter looks up
     the leaves for its fetch size here. ``recall`` is the unfiltered recall@10 reached.
@@ -260,7 +260,7 @@ class Shard:
         n = self.num_rows
         sample = np.sort(np.random.default_rng(seed).choice(n, min(_CALIBRATION_QUERIES, n), replace=False))
         queries = self.vectors[sample]
-        sizes = [f for f in _CALIBRATION_FETCHES if f < n]
+        sizes = [f for f in _CALIBRATION_FETCHES if f <= max(_CALIBRATION_K, n // 8)]
         truth_all, _ = exact.search_rows(self.vectors, queries, sizes[-1] + 1, self.metric)
 
         def measure(fetch: int, leaves: int) -> float:
@@ -403,7 +403,7 @@ class Shard:
 
     def _reorder_for(self, fetch: int) -> int:
         """Candidates re-scored exactly for a fetch size: the config's reorder per 10 results."""
-        return max(self.config.reorder, fetch * self.config.reorder // _CALIBRATION_K)
+        return min(self.num_rows, max(self.config.reorder, fetch * self.config.reorder // _CALIBRATION_K))
 
     def _rows_scanned(self, fetch: int, leaves: int) -> int:
         """Rows a ScaNN search touches: those in the searched leaves (all, for brute force)."""
