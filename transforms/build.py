@@ -1,0 +1,220 @@
+"""Index building as Beam transforms: sample, fit the plan, assign rows, build shards, write the manifest.
+
+Analyze-then-apply: the partition plan is fitted once on a sample and reaches
+every worker as a singleton side input; each partition's rows are grouped onto
+one worker, which builds that partition's ScaNN shard and writes it under the
+index directory. The manifest is written last, from the entries of all shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Iterable, Sequence
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.metrics import Metrics
+
+from beamvec.index.index import id_type_name, partition_id, write_shard
+from beamvec.index.manifest import Manifest, PartitionEntry
+from beamvec.index.plan import PartitionPlan, fit_plan, plan_from_json
+from beamvec.index.schema import VECTOR, Validated, validate_items, vectors_array
+from beamvec.index.shard import Shard
+from beamvec.transforms.validate import REJECTED, dead_letters
+
+_HASH = "__beamvec_hash"
+
+
+def row_hashes(ids: pa.Array) -> np.ndarray:
+    """A stable 64-bit hash of each id: the same on every worker and runner."""
+    return np.array([int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little")
+                     for i in ids.to_pylist()], np.uint64)
+
+
+def _rows_table(validated: Validated) -> pa.Table:
+    """A validated block as one table: id, attributes, and the vectors as fixed_size_list<float32>."""
+    table = validated.table.drop_columns([VECTOR])
+    return table.append_column(VECTOR, vectors_array(validated.vectors))
+
+
+class _BottomK(beam.CombineFn):
+    """The ``size`` rows with the smallest id hashes: a deterministic, mergeable sample."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def _keep(self, table: pa.Table | None) -> pa.Table | None:
+        if table is None or table.num_rows <= self.size:
+            return table
+        order = np.argsort(table.column(_HASH).to_numpy(), kind="stable")[: self.size]
+        return table.take(pa.array(order))
+
+    def create_accumulator(self):
+        return None
+
+    def add_input(self, accumulator, validated: Validated):
+        table = _rows_table(validated)
+        table = table.append_column(_HASH, pa.array(row_hashes(table.column("id"))))
+        return self.merge_accumulators([accumulator, self._keep(table)])
+
+    def merge_accumulators(self, accumulators):
+        tables = [t for t in accumulators if t is not None]
+        if not tables:
+            return None
+        return self._keep(pa.concat_tables(tables, promote_options="permissive"))
+
+    def extract_output(self, accumulator):
+        if accumulator is None:
+            return None
+        order = np.lexsort((accumulator.column("id").to_numpy(zero_copy_only=False).astype(str),
+                            accumulator.column(_HASH).to_numpy()))
+        return accumulator.take(pa.array(order)).drop_columns([_HASH])
+
+
+class SampleRows(beam.PTransform):
+    """Validated item blocks -> one table of at most ``size`` rows, the same on every runner."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def expand(self, items):
+        return items | beam.CombineGlobally(_BottomK(self.size))
+
+
+def _fit(sample: pa.Table | None, total_rows: int, spec: str, workload: Sequence[str | None],
+         min_rows: int, max_rows: int, seed: int) -> dict:
+    if sample is None:
+        raise ValueError("no valid items to index: every item was rejected (see the dead letters)")
+    vectors = sample.column(VECTOR).combine_chunks()
+    vectors = vectors.values.to_numpy().reshape(len(vectors), -1)
+    return fit_plan(spec, sample.drop_columns([VECTOR]), vectors, workload, min_rows, max_rows,
+                    total_rows=total_rows, seed=seed).to_json()
+
+
+class FitPartitioner(beam.PTransform):
+    """Validated item blocks -> the partition plan as a singleton PCollection of its JSON dict.
+
+    ``spec``: workload, hash, attribute:COL, kmeans or single; ``workload``: past
+    query predicates (the workload partitioner needs them).
+    """
+
+    def __init__(self, spec: str, workload: Sequence[str | None] = (), min_rows: int = 10_000,
+                 max_rows: int = 100_000, sample_rows: int = 50_000, seed: int = 0):
+        super().__init__()
+        self.spec, self.workload = spec, list(workload)
+        self.min_rows, self.max_rows, self.sample_rows, self.seed = min_rows, max_rows, sample_rows, seed
+
+    def expand(self, items):
+        total = items | "Count" >> beam.Map(lambda v: v.table.num_rows) | "Total" >> beam.CombineGlobally(sum)
+        return (
+            items
+            | "Sample" >> SampleRows(self.sample_rows)
+            | "Fit" >> beam.Map(_fit, beam.pvalue.AsSingleton(total), self.spec, self.workload,
+                                self.min_rows, self.max_rows, self.seed)
+        )
+
+
+_PLANS: dict[str, PartitionPlan] = {}
+
+
+def cached_plan(plan_json: dict) -> PartitionPlan:
+    """The plan object for a plan JSON, built once per worker process."""
+    key = hashlib.sha256(json.dumps(plan_json, sort_keys=True).encode()).hexdigest()
+    if key not in _PLANS:
+        _PLANS.clear()
+        _PLANS[key] = plan_from_json(plan_json)
+    return _PLANS[key]
+
+
+def _assign(validated: Validated, plan_json: dict) -> Iterable[tuple[int, pa.Table]]:
+    table = _rows_table(validated)
+    assignment = cached_plan(plan_json).assign(table, validated.vectors)
+    for ordinal in np.unique(assignment):
+        yield int(ordinal), table.filter(pa.array(assignment == ordinal))
+
+
+class AssignPartitions(beam.PTransform):
+    """Validated item blocks + plan (singleton side input) -> (partition ordinal, rows table)."""
+
+    def __init__(self, plan):
+        super().__init__()
+        self.plan = plan
+
+    def expand(self, items):
+        return items | beam.FlatMap(_assign, beam.pvalue.AsSingleton(self.plan))
+
+
+class _BuildShard(beam.DoFn):
+    def __init__(self, index_path: str, metric: str, config: str | None, recall_target: float, seed: int):
+        self.index_path, self.metric, self.config = index_path, metric, config
+        self.recall_target, self.seed = recall_target, seed
+        self.indexed = Metrics.counter("beamvec", "items_indexed")
+        self.rejected = Metrics.counter("beamvec", "items_rejected")
+        self.shards = Metrics.counter("beamvec", "shards_built")
+
+    def process(self, element, plan_json: dict):
+        ordinal, tables = element
+        table = pa.concat_tables(list(tables), promote_options="permissive")
+        # Rows arrive in any order: sort by id so every runner builds the same shard.
+        table = table.take(pa.array(np.argsort(np.asarray(table.column("id").to_pylist(), dtype=object)
+                                               .astype(str), kind="stable")))
+        validated = validate_items(table)  # catches an id repeated across input blocks
+        if validated.rejections:
+            self.rejected.inc(len(validated.rejections))
+            yield beam.pvalue.TaggedOutput(REJECTED, dead_letters(validated, f"partition {partition_id(ordinal)}"))
+        if not validated.table.num_rows:
+            return
+        shard = Shard.build(validated.table.column("id").combine_chunks(), validated.vectors,
+                            validated.table.drop_columns([VECTOR]), metric=self.metric, config=self.config,
+                            recall_target=self.recall_target, seed=self.seed)
+        description = cached_plan(plan_json).descriptions()[ordinal]
+        entry = write_shard(self.index_path, partition_id(ordinal), shard, description)
+        self.indexed.inc(shard.num_rows)
+        self.shards.inc()
+        yield entry
+
+
+class BuildShards(beam.PTransform):
+    """(partition ordinal, rows) -> one shard per partition written under ``index_path``;
+    emits manifest entries, and (output ``rejected``) rows whose id repeats within a partition."""
+
+    def __init__(self, index_path: str, plan, metric: str = "dot_product", config: str | None = None,
+                 recall_target: float = 0.95, seed: int = 0):
+        super().__init__()
+        self.index_path, self.plan, self.metric, self.config = index_path, plan, metric, config
+        self.recall_target, self.seed = recall_target, seed
+
+    def expand(self, keyed_rows):
+        return (
+            keyed_rows
+            | "Group" >> beam.GroupByKey()
+            | "Build" >> beam.ParDo(_BuildShard(self.index_path, self.metric, self.config, self.recall_target, self.seed),
+                                    beam.pvalue.AsSingleton(self.plan)).with_outputs(REJECTED, main="entries")
+        )
+
+
+def _write_manifest(entries: list[PartitionEntry], plan_json: dict, index_path: str, metric: str,
+                    dimension: int, id_type: str) -> str:
+    manifest = Manifest(metric, dimension, id_type, tuple(sorted(entries, key=lambda e: e.id)), plan_json)
+    manifest.write(index_path)
+    return index_path
+
+
+class WriteManifest(beam.PTransform):
+    """All manifest entries + plan -> manifest.json, written once every shard is in place."""
+
+    def __init__(self, index_path: str, plan, metric: str, dimension: int, id_type: pa.DataType):
+        super().__init__()
+        self.index_path, self.plan, self.metric, self.dimension = index_path, plan, metric, dimension
+        self.id_type = id_type_name(pa.array([], id_type))
+
+    def expand(self, entries):
+        return (
+            entries
+            | "All" >> beam.combiners.ToList()
+            | "Write" >> beam.Map(_write_manifest, beam.pvalue.AsSingleton(self.plan), self.index_path,
+                                  self.metric, self.dimension, self.id_type)
+        )
