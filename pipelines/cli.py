@@ -8,18 +8,17 @@ import sys
 from importlib import metadata
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _demo(args: argparse.Namespace, extra: list[str]) -> int:
     from beamvec.pipelines import demo
 
     print(f"beamvec demo: {args.num_items} items x {args.dimension}-d, {args.num_queries} hybrid queries, k={args.k}",
           flush=True)
-    report = demo.run(args.num_items, args.num_queries, args.dimension, args.k, args.seed, args.index_dir)
-    for line in report.lines():
-        print(line)
+    demo.run(args.num_items, args.num_queries, args.dimension, args.k, args.seed, extra,
+             log=lambda line: print(line, flush=True))
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
+def _bench(args: argparse.Namespace, extra: list[str]) -> int:
     from beamvec.pipelines import bench
 
     print(f"beamvec bench {args.suite}: {args.num_items} items x {args.dimension}-d, {args.num_queries} queries", flush=True)
@@ -35,18 +34,75 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _beam_options(extra: list[str]):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    return PipelineOptions(extra)
+
+
+def _print_counts(counts: dict[str, int]) -> None:
+    for name in sorted(counts):
+        print(f"{name}: {counts[name]}")
+
+
+def _build(args: argparse.Namespace, extra: list[str]) -> int:
+    from beamvec.pipelines import jobs
+
+    settings = jobs.BuildSettings(args.partitioner, args.min_partition_rows, args.max_partition_rows,
+                                  args.metric, args.sample_rows, args.seed)
+    _print_counts(jobs.build(args.items, args.output, _beam_options(extra), args.workload, settings))
+    return 0
+
+
+def _query(args: argparse.Namespace, extra: list[str]) -> int:
+    from beamvec.pipelines import jobs
+
+    _print_counts(jobs.query(args.index, args.queries, args.output, _beam_options(extra), args.k))
+    return 0
+
+
+def _related(args: argparse.Namespace, extra: list[str]) -> int:
+    from beamvec.pipelines import jobs
+
+    _print_counts(jobs.related(args.index, args.items, args.predicate_template, args.output, _beam_options(extra), args.k))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser, with every subcommand."""
     p = argparse.ArgumentParser(prog="beamvec", description="Batch-scale hybrid vector search on Apache Beam.")
     p.add_argument("--version", action="version", version=f"beamvec {metadata.version('beamvec')}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    build = sub.add_parser("build", help="build an index from items Parquet (a Beam job; Beam options pass through)")
+    build.add_argument("--items", required=True, help="items Parquet file or glob")
+    build.add_argument("--output", required=True, help="index directory to write")
+    build.add_argument("--workload", help="past queries: Parquet with a predicate column, or text, one per line")
+    build.add_argument("--partitioner", default="workload", help="workload | hash | attribute:COL | kmeans | single")
+    build.add_argument("--min-partition-rows", type=int, default=10_000)
+    build.add_argument("--max-partition-rows", type=int, default=100_000)
+    build.add_argument("--metric", default="dot_product", choices=["dot_product", "cosine", "squared_l2"])
+    build.add_argument("--sample-rows", type=int, default=50_000)
+    build.add_argument("--seed", type=int, default=0)
+    build.set_defaults(run=_build)
+    query = sub.add_parser("query", help="answer a file of hybrid queries (a Beam job; Beam options pass through)")
+    query.add_argument("--index", required=True)
+    query.add_argument("--queries", required=True, help="queries Parquet: query_id, vector, predicate, k")
+    query.add_argument("--output", required=True, help="directory for results-*.parquet and rejected-*.parquet")
+    query.add_argument("--k", type=int, default=10)
+    query.set_defaults(run=_query)
+    related = sub.add_parser("related", help="each item's k most similar items under a predicate template")
+    related.add_argument("--index", required=True)
+    related.add_argument("--items", required=True)
+    related.add_argument("--predicate-template", required=True, help="e.g. \"category = {category} AND id != {id}\"")
+    related.add_argument("--output", required=True)
+    related.add_argument("--k", type=int, default=10)
+    related.set_defaults(run=_related)
     demo = sub.add_parser("demo", help="generate data, build an index, run hybrid queries, report recall and speed")
     demo.add_argument("--num-items", type=int, default=50_000)
     demo.add_argument("--num-queries", type=int, default=5_000)
     demo.add_argument("--dimension", type=int, default=64)
     demo.add_argument("--k", type=int, default=10)
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--index-dir", help="keep the index here (default: a temporary directory)")
     demo.set_defaults(run=_demo)
     bench = sub.add_parser("bench", help="measure recall and throughput side by side")
     bench.add_argument("--suite", choices=["selectivity", "partitions"], default="selectivity")
@@ -65,8 +121,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    args = parser().parse_args(argv)
-    return args.run(args)
+    args, extra = parser().parse_known_args(argv)
+    if extra and args.command not in ("build", "query", "related", "demo"):
+        parser().error(f"unrecognized arguments: {' '.join(extra)}")
+    return args.run(args, extra)
 
 
 if __name__ == "__main__":

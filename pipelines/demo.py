@@ -1,115 +1,129 @@
-"""`beamvec demo`: generate a data set and workload, build an index, query it, check it.
+"""`beamvec demo`: the whole product on generated data, on a Beam runner (DirectRunner by default).
 
-Everything is generated (no download): clustered vectors with correlated
-attributes, a skewed mix of hybrid queries. The demo validates the items (a few
-deliberately bad rows go to the dead-letter count), builds the index, answers
-the queries in one batch, and reports recall@10 against the exact oracle and
-queries/second of both.
+Generates items (with a few broken rows) and a skewed workload of hybrid queries
+(with a few broken queries), then runs three Beam jobs: build the index with the
+workload-aware partitioner, answer the queries, and find every sampled item's
+related items in its own category. Prints the counts (read = used + rejected),
+the partitions, rows scanned per query, recall@10 against the exact answer and
+queries/second, beside ``Index.search`` in-process on the same index.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import glob
+import os
 import tempfile
 import time
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.options.pipeline_options import PipelineOptions
 
-from beamvec.index import Index, build_index, exact, synthetic
+from beamvec.index import Index, exact, synthetic
+from beamvec.index.plan import plan_from_json, rows_scanned
 from beamvec.index.predicate import parse
-from beamvec.index.schema import validate_items, validate_queries
+from beamvec.index.schema import validate_items
+from beamvec.pipelines import jobs
 
-
-@dataclasses.dataclass
-class DemoReport:
-    """The figures the demo prints."""
-
-    items_read: int
-    items_indexed: int
-    items_rejected: int
-    rejection_reasons: dict[str, int]
-    queries: int
-    partitions: int
-    shard_spec: str
-    leaves_to_search: int
-    build_seconds: float
-    search_qps: float
-    oracle_qps: float
-    recall_at_k: float
-    recall_most_selective_decile: float
-    short_results: int
-    prefiltered: int
-    postfiltered: int
-    fallbacks: int
-    rows_scored_per_query: float
-
-    def lines(self) -> list[str]:
-        return [
-            f"items: {self.items_read} read = {self.items_indexed} indexed + {self.items_rejected} rejected "
-            f"({', '.join(f'{n} {r}' for r, n in self.rejection_reasons.items()) or 'none'})",
-            f"index: {self.partitions} partition(s), shard {self.shard_spec}, "
-            f"{self.leaves_to_search} leaves searched, built in {self.build_seconds:.1f} s",
-            f"queries: {self.queries}, {self.prefiltered} pre-filtered, {self.postfiltered} post-filtered, "
-            f"{self.fallbacks} fell back; {self.rows_scored_per_query:.0f} rows scored per query",
-            f"recall@10 vs exact: {self.recall_at_k:.4f} (most selective 10% of queries: "
-            f"{self.recall_most_selective_decile:.4f}); queries short of min(k, matches): {self.short_results}",
-            f"throughput: Index.search {self.search_qps:.0f} queries/s, exact oracle {self.oracle_qps:.0f} queries/s "
-            f"({self.search_qps / self.oracle_qps:.1f}x)",
-        ]
+RELATED_TEMPLATE = "category = {category} AND id != {id}"
 
 
 def _with_bad_rows(items: pa.Table) -> pa.Table:
     """The items plus three broken rows: a duplicate id, a NaN vector, a short vector."""
     d = items.schema.field("vector").type.list_size
     bad = items.slice(0, 3).to_pylist()
-    bad[1]["id"] = -1
-    bad[1]["vector"] = [float("nan")] * d
-    bad[2]["id"] = -2
-    bad[2]["vector"] = [0.0] * (d - 1)
-    broken = pa.Table.from_pylist(bad, schema=items.schema.set(1, pa.field("vector", pa.list_(pa.float32()))))
-    return pa.concat_tables([items.cast(broken.schema), broken])
+    bad[1]["id"], bad[1]["vector"] = -1, [float("nan")] * d
+    bad[2]["id"], bad[2]["vector"] = -2, [0.0] * (d - 1)
+    loose = items.schema.set(1, pa.field("vector", pa.list_(pa.float32())))
+    return pa.concat_tables([items.cast(loose), pa.Table.from_pylist(bad, schema=loose)])
 
 
-def run(num_items: int = 50_000, num_queries: int = 5_000, dimension: int = 64, k: int = 10,
-        seed: int = 0, index_dir: str | None = None) -> DemoReport:
-    """Run the demo end to end and return its figures."""
-    items = validate_items(_with_bad_rows(synthetic.make_items(num_items, dimension, seed)))
-    queries = validate_queries(synthetic.make_queries(num_queries, dimension, seed), dimension)
-    attributes = items.table.drop_columns(["vector"])
-    with tempfile.TemporaryDirectory(prefix="beamvec-demo-") as tmp:
-        path = index_dir or tmp
-        start = time.perf_counter()
-        build_index(path, items.table.column("id").combine_chunks(), items.vectors, attributes, metric="dot_product", seed=seed)
-        build_seconds = time.perf_counter() - start
-        index = Index.open(path)
-        predicates = queries.table.column("predicate").to_pylist()
-        start = time.perf_counter()
-        ids, _ = index.search(queries.vectors, predicates, k)
-        search_seconds = time.perf_counter() - start
-        shard = index.shard(0)
+def _with_bad_queries(queries: pa.Table) -> pa.Table:
+    bad = queries.slice(0, 2).to_pylist()
+    bad[0]["query_id"], bad[0]["predicate"] = -1, "year >= "
+    bad[1]["query_id"], bad[1]["predicate"] = -2, "genre = 'rock'"
+    return pa.concat_tables([queries, pa.Table.from_pylist(bad, schema=queries.schema)])
+
+
+def _read(pattern: str) -> pa.Table:
+    return pa.concat_tables([pq.read_table(f) for f in sorted(glob.glob(pattern))])
+
+
+def _recall(results: pa.Table, truth: np.ndarray, id_column: np.ndarray, query_ids: list) -> float:
+    by_query = {r["query_id"]: [n["id"] for n in r["neighbors"]] for r in results.to_pylist()}
+    found = np.array([(by_query[q] + [-1] * 10)[:10] for q in query_ids])
+    return float(exact.recall(found, np.where(truth >= 0, id_column[np.maximum(truth, 0)], -1)).mean())
+
+
+def run(num_items: int = 50_000, num_queries: int = 5_000, dimension: int = 64, k: int = 10, seed: int = 0,
+        beam_args: list[str] | None = None, log: Callable[[str], None] = print) -> None:
+    """Run the demo, printing each figure as it is measured."""
+    options = PipelineOptions(beam_args or [])
+    work = tempfile.mkdtemp(prefix="beamvec-demo-")
+    items = synthetic.make_items(num_items, dimension, seed)
+    raw = _with_bad_rows(items)
+    half = raw.num_rows // 2
+    pq.write_table(raw.slice(0, half), f"{work}/items-0.parquet")
+    pq.write_table(raw.slice(half), f"{work}/items-1.parquet")
+    with open(f"{work}/workload.txt", "w") as f:
+        f.write("\n".join(synthetic.random_predicates(2 * num_queries, seed + 1)))
+    predicates = synthetic.random_predicates(num_queries, seed)
+    queries = synthetic.make_queries(num_queries, dimension, seed, predicates=predicates)
+    pq.write_table(_with_bad_queries(queries), f"{work}/queries.parquet")
+    log(f"generated {raw.num_rows} items ({dimension}-d) and {num_queries + 2} queries in {work}")
+
+    index_dir = f"{work}/index"
+    settings = jobs.BuildSettings("workload", max(500, num_items // 40), max(2_000, num_items // 8), seed=seed)
     start = time.perf_counter()
-    masks = {p: parse(p).evaluate(items.table) if p else None for p in set(predicates)}
-    truth_rows, _ = exact.search(items.vectors, queries.vectors, k, "dot_product", [masks[p] for p in predicates])
+    counts = jobs.build(f"{work}/items-*.parquet", index_dir, options, f"{work}/workload.txt", settings)
+    build_seconds = time.perf_counter() - start
+    rejected = _read(f"{index_dir}/rejected/*.parquet")
+    log(f"build: {build_seconds:.1f} s; items read {counts['items_read']} = indexed {counts['items_indexed']} "
+        f"+ rejected {rejected.num_rows} ({'; '.join(sorted(set(rejected.column('reason').to_pylist())))})")
+    index = Index.open(index_dir)
+    sizes = np.array([p.rows for p in index.manifest.partitions])
+    log(f"partitions: {len(sizes)} (rows min {sizes.min()}, median {int(np.median(sizes))}, max {sizes.max()})")
+
+    start = time.perf_counter()
+    counts = jobs.query(index_dir, f"{work}/queries.parquet", f"{work}/results", options, k)
+    query_seconds = time.perf_counter() - start
+    results = _read(f"{work}/results/results-*.parquet")
+    dead = _read(f"{work}/results/rejected-*.parquet")
+    log(f"query: {query_seconds:.1f} s; queries read {counts['queries_read']} = answered {results.num_rows} "
+        f"+ rejected {dead.num_rows}; {num_queries / query_seconds:,.0f} queries/s through Beam")
+
+    valid = validate_items(items)
+    masks = {p: parse(p).evaluate(valid.table) if p else None for p in set(predicates)}
+    vectors = queries.column("vector").combine_chunks().values.to_numpy().reshape(-1, dimension)
+    start = time.perf_counter()
+    truth, _ = exact.search(valid.vectors, vectors, k, "dot_product", [masks[p] for p in predicates])
     oracle_seconds = time.perf_counter() - start
-    id_column = items.table.column("id").to_numpy()
-    truth = np.where(truth_rows >= 0, id_column[np.maximum(truth_rows, 0)], -1)
-    recall = exact.recall(ids, truth)
-    matches = np.array([len(id_column) if masks[p] is None else int(masks[p].sum()) for p in predicates])
-    selective = matches <= np.quantile(matches, 0.1)
-    reasons: dict[str, int] = {}
-    for r in items.rejections:
-        reason = r.reason.split(" (")[0].split(" -")[0]
-        reasons[reason] = reasons.get(reason, 0) + 1
-    stats = index.stats
-    return DemoReport(
-        items_read=items.table.num_rows + len(items.rejections), items_indexed=items.table.num_rows,
-        items_rejected=len(items.rejections), rejection_reasons=reasons, queries=len(predicates),
-        partitions=len(index.manifest.partitions), shard_spec=shard.config.spec(),
-        leaves_to_search=shard.calibration.leaves_to_search, build_seconds=build_seconds,
-        search_qps=len(predicates) / search_seconds, oracle_qps=len(predicates) / oracle_seconds,
-        recall_at_k=float(recall.mean()), recall_most_selective_decile=float(recall[selective].mean()),
-        short_results=int(((ids != -1).sum(axis=1) < np.minimum(k, matches)).sum()),
-        prefiltered=stats.prefiltered, postfiltered=stats.postfiltered, fallbacks=stats.fallbacks,
-        rows_scored_per_query=stats.rows_scored / len(predicates),
-    )
+    start = time.perf_counter()
+    index.search(vectors, predicates, k)
+    search_seconds = time.perf_counter() - start
+    id_column = valid.table.column("id").to_numpy()
+    recall = _recall(results, truth, id_column, queries.column("query_id").to_pylist())
+    plan = plan_from_json(index.manifest.plan)
+    scanned = rows_scanned(plan, np.bincount(plan.assign(valid.table, valid.vectors), minlength=plan.num_partitions),
+                           predicates, vectors).mean()
+    matching = np.mean([num_items if masks[p] is None else masks[p].sum() for p in predicates])
+    log(f"recall@{k} vs exact: {recall:.4f}; rows scanned per query {scanned:,.0f} (matching rows {matching:,.0f}, "
+        f"all rows {num_items:,})")
+    log(f"in-process Index.search {num_queries / search_seconds:,.0f} queries/s, exact oracle "
+        f"{num_queries / oracle_seconds:,.0f} queries/s")
+
+    sample = items.take(pa.array(np.arange(0, num_items, max(1, num_items // 2000))))
+    pq.write_table(sample, f"{work}/sample.parquet")
+    start = time.perf_counter()
+    jobs.related(index_dir, f"{work}/sample.parquet", RELATED_TEMPLATE, f"{work}/related", options, k)
+    related = _read(f"{work}/related/results-*.parquet")
+    rel_valid = validate_items(sample)
+    rel_predicates = [f"category = '{c}' AND id != {i}" for c, i in
+                      zip(rel_valid.table.column("category").to_pylist(), rel_valid.table.column("id").to_pylist())]
+    rel_masks = [parse(p).evaluate(valid.table) for p in rel_predicates]
+    rel_truth, _ = exact.search(valid.vectors, rel_valid.vectors, k, "dot_product", rel_masks)
+    log(f"related items: {related.num_rows} items in {time.perf_counter() - start:.1f} s, recall@{k} "
+        f"{_recall(related, rel_truth, id_column, rel_valid.table.column('id').to_pylist()):.4f}")
+    log(f"index and outputs kept in {work} ({sum(os.path.getsize(f) for f in glob.glob(f'{index_dir}/**', recursive=True) if os.path.isfile(f)) / 2**20:.0f} MiB index)")

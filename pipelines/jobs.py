@@ -1,0 +1,110 @@
+"""The batch jobs: build an index, answer a file of hybrid queries, generate related items.
+
+Each job is a Beam pipeline; ``options`` (Beam ``PipelineOptions``) picks the
+runner. Every job writes its dead letters (rows it could not use, with the
+reason) beside its output and returns its Beam metrics, so counts reconcile:
+read = indexed + rejected, queries = answered + rejected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beamvec.index.manifest import Manifest
+from beamvec.index.schema import ID, PREDICATE, QUERY_ID, results_schema
+from beamvec.transforms.build import AssignPartitions, BuildShards, FitPartitioner, WriteManifest
+from beamvec.transforms.io import ReadTables, WriteTables, read_dimension, read_schema
+from beamvec.transforms.search import HybridSearch, RelatedItems
+from beamvec.transforms.validate import DEAD_LETTER_SCHEMA, REJECTED, Validate
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildSettings:
+    """How ``build`` partitions and indexes: partitioner spec, partition sizes, metric, sample, seed."""
+
+    partitioner: str = "workload"
+    min_partition_rows: int = 10_000
+    max_partition_rows: int = 100_000
+    metric: str = "dot_product"
+    sample_rows: int = 50_000
+    seed: int = 0
+
+
+def read_workload(path: str | None) -> list[str | None]:
+    """Past query predicates: a Parquet file with a ``predicate`` column, or text with one per line."""
+    if not path:
+        return []
+    with FileSystems.open(path) as f:
+        data = f.read()
+    if data[:4] == b"PAR1":
+        return pq.read_table(pa.BufferReader(data), columns=[PREDICATE]).column(PREDICATE).to_pylist()
+    return [line.strip() for line in data.decode().splitlines()]
+
+
+def _counters(result) -> dict[str, int]:
+    counters = result.metrics().query(beam.metrics.MetricsFilter().with_namespace("beamvec"))["counters"]
+    out: dict[str, int] = {}
+    for c in counters:
+        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + (c.committed if c.committed is not None else c.attempted)
+    return out
+
+
+def _run(pipeline: beam.Pipeline) -> dict[str, int]:
+    result = pipeline.run()
+    result.wait_until_finish()
+    return _counters(result)
+
+
+def build(items: str, index: str, options: PipelineOptions, workload: str | None = None,
+          settings: BuildSettings = BuildSettings()) -> dict[str, int]:
+    """Build an index from items Parquet at ``items`` into directory ``index``; returns the counts."""
+    dimension = read_dimension(items)
+    id_type = read_schema(items).field(ID).type
+    predicates = read_workload(workload)
+    p = beam.Pipeline(options=options)
+    checked = p | "ReadItems" >> ReadTables(items) | "Validate" >> Validate("items", dimension)
+    plan = checked.valid | "FitPartitioner" >> FitPartitioner(
+        settings.partitioner, predicates, settings.min_partition_rows, settings.max_partition_rows,
+        settings.sample_rows, settings.seed)
+    built = (checked.valid | "Assign" >> AssignPartitions(plan)
+             | "BuildShards" >> BuildShards(index, plan, settings.metric, seed=settings.seed))
+    built.entries | "WriteManifest" >> WriteManifest(index, plan, settings.metric, dimension, id_type)
+    ((checked[REJECTED], built[REJECTED]) | "Rejected" >> beam.Flatten()
+     | "WriteRejected" >> WriteTables(f"{index}/rejected/items", DEAD_LETTER_SCHEMA))
+    return _run(p)
+
+
+def _write_search(found: dict, output: str, query_id_type: pa.DataType, id_type: pa.DataType, extra_rejected=()):
+    found["results"] | "WriteResults" >> WriteTables(f"{output}/results", results_schema(query_id_type, id_type))
+    ((found[REJECTED], *extra_rejected) | "Rejected" >> beam.Flatten()
+     | "WriteRejected" >> WriteTables(f"{output}/rejected", DEAD_LETTER_SCHEMA))
+
+
+def _id_type(index: str) -> pa.DataType:
+    return pa.int64() if Manifest.read(index).id_type == "int64" else pa.string()
+
+
+def query(index: str, queries: str, output: str, options: PipelineOptions, k: int = 10) -> dict[str, int]:
+    """Answer the queries Parquet at ``queries`` against ``index``; results and dead letters under ``output``."""
+    manifest = Manifest.read(index)
+    p = beam.Pipeline(options=options)
+    checked = p | "ReadQueries" >> ReadTables(queries) | "Validate" >> Validate("queries", manifest.dimension)
+    found = checked.valid | "HybridSearch" >> HybridSearch(index, k)
+    _write_search(found, output, read_schema(queries).field(QUERY_ID).type, _id_type(index), [checked[REJECTED]])
+    return _run(p)
+
+
+def related(index: str, items: str, template: str, output: str, options: PipelineOptions, k: int = 10) -> dict[str, int]:
+    """Each item's k most similar items under ``template`` filled from its attributes."""
+    manifest = Manifest.read(index)
+    p = beam.Pipeline(options=options)
+    checked = p | "ReadItems" >> ReadTables(items) | "Validate" >> Validate("items", manifest.dimension)
+    found = checked.valid | "RelatedItems" >> RelatedItems(index, template, k)
+    _write_search(found, output, read_schema(items).field(ID).type, _id_type(index), [checked[REJECTED]])
+    return _run(p)
