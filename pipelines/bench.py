@@ -165,3 +165,60 @@ def partition_suite(num_items: int, dimension: int, num_queries: int, min_rows: 
     for name, f in figures.items():
         log(f"Index.search, {name}: {f['qps']:,.0f} queries/s, recall@{k} {f['recall']:.4f}")
     return rows, figures
+
+
+def beam_suite(num_items: int, dimension: int, num_queries: int, min_rows: int, max_rows: int, k: int = 10,
+               seed: int = 0, beam_args: Sequence[str] = (), log: Callable[[str], None] = print) -> dict:
+    """``beamvec build`` and ``beamvec query`` on a Beam runner, beside ``Index.search`` in-process."""
+    import glob
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beamvec.pipelines import jobs
+
+    options = PipelineOptions(list(beam_args))
+    items = synthetic.make_items(num_items, dimension, seed)
+    predicates = synthetic.random_predicates(num_queries, seed)
+    queries = synthetic.make_queries(num_queries, dimension, seed, predicates=predicates)
+    figures = {}
+    with tempfile.TemporaryDirectory(prefix="beamvec-bench-") as work:
+        bounds = np.linspace(0, num_items, 5).astype(int)
+        for part, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+            pq.write_table(items.slice(lo, hi - lo), f"{work}/items-{part}.parquet")
+        pq.write_table(queries, f"{work}/queries.parquet")
+        with open(f"{work}/workload.txt", "w") as f:
+            f.write("\n".join(synthetic.random_predicates(num_queries, seed + 1)))
+        start = time.perf_counter()
+        counts = jobs.build(f"{work}/items-*.parquet", f"{work}/index", options, f"{work}/workload.txt",
+                            jobs.BuildSettings("workload", min_rows, max_rows, seed=seed))
+        figures["build_seconds"] = time.perf_counter() - start
+        log(f"beamvec build: {figures['build_seconds']:.1f} s, {counts}")
+        start = time.perf_counter()
+        counts = jobs.query(f"{work}/index", f"{work}/queries.parquet", f"{work}/out", options, k)
+        figures["query_seconds"] = time.perf_counter() - start
+        log(f"beamvec query: {figures['query_seconds']:.1f} s, {counts}")
+        results = pa.concat_tables([pq.read_table(f) for f in sorted(glob.glob(f"{work}/out/results-*.parquet"))])
+        index = Index.open(f"{work}/index")
+        vectors = queries.column("vector").combine_chunks().values.to_numpy().reshape(-1, dimension)
+        start = time.perf_counter()
+        index.search(vectors, predicates, k)
+        figures["load_and_search_seconds"] = time.perf_counter() - start
+        start = time.perf_counter()
+        ids, _ = index.search(vectors, predicates, k)
+        figures["search_seconds"] = time.perf_counter() - start
+    valid = validate_items(items)
+    masks = {p: parse(p).evaluate(valid.table) if p else None for p in set(predicates)}
+    truth, _ = exact.search(valid.vectors, vectors, k, "dot_product", [masks[p] for p in predicates])
+    by_query = {r["query_id"]: [n["id"] for n in r["neighbors"]] for r in results.to_pylist()}
+    beam_ids = np.array([(by_query[q] + [-1] * k)[:k] for q in range(num_queries)])
+    figures["beam_recall"] = float(exact.recall(beam_ids, truth).mean())
+    figures["search_recall"] = float(exact.recall(ids, truth).mean())
+    figures["same_neighbors"] = float(np.mean([set(a) == set(b) for a, b in zip(beam_ids.tolist(), ids.tolist())]))
+    log(f"Index.search in-process: {figures['search_seconds']:.1f} s warm ({figures['load_and_search_seconds']:.1f} s "
+        f"with shard loading); beamvec query / Index.search (warm) = "
+        f"{figures['query_seconds'] / figures['search_seconds']:.1f}x")
+    log(f"recall@{k}: beamvec query {figures['beam_recall']:.4f}, Index.search {figures['search_recall']:.4f}; "
+        f"queries with identical neighbour sets {figures['same_neighbors']:.1%}")
+    return figures

@@ -27,6 +27,9 @@ def _bench(args: argparse.Namespace, extra: list[str]) -> int:
         print(bench.SELECTIVITY_HEADER, flush=True)
         bench.selectivity_suite(args.num_items, args.dimension, args.num_queries, args.selectivities, args.k,
                                 args.repeats, args.seed, log=log)
+    elif args.suite == "beam":
+        bench.beam_suite(args.num_items, args.dimension, args.num_queries, args.min_partition_rows,
+                         args.max_partition_rows, args.k, args.seed, extra, log=log)
     else:
         print(bench.PARTITION_HEADER, flush=True)
         bench.partition_suite(args.num_items, args.dimension, args.num_queries, args.min_partition_rows,
@@ -105,7 +108,7 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
     bench = sub.add_parser("bench", help="measure recall and throughput side by side")
-    bench.add_argument("--suite", choices=["selectivity", "partitions"], default="selectivity")
+    bench.add_argument("--suite", choices=["selectivity", "partitions", "beam"], default="selectivity")
     bench.add_argument("--num-items", type=int, default=200_000)
     bench.add_argument("--num-queries", type=int, default=10_000)
     bench.add_argument("--dimension", type=int, default=96)
@@ -122,7 +125,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args, extra = parser().parse_known_args(argv)
-    if extra and args.command not in ("build", "query", "related", "demo"):
+    if extra and args.command not in ("build", "query", "related", "demo", "bench"):
         parser().error(f"unrecognized arguments: {' '.join(extra)}")
     return args.run(args, extra)
 
