@@ -134,11 +134,13 @@ class SearchParams:
     cost is at most this times the post-filter's (higher favours exact pre-filter).
     ``overfetch``: the post-filter fetches ``overfetch * k / selectivity`` candidates.
     ``leaves_to_search``: overrides the calibrated number of leaves.
+    ``leaves_scale``: multiplies the calibrated leaves (trades speed for recall).
     """
 
     prefilter_cost_ratio: float = 1.0
     overfetch: float = 2.0
     leaves_to_search: int | None = None
+    leaves_scale: float = 1.0
 
 
 @dataclasses.dataclass
@@ -308,6 +310,7 @@ class Shard:
         if self.config.brute_force:
             return n * _COST_GEMM + fetch * _COST_REORDER, fetch, 0
         leaves = params.leaves_to_search or self.calibration.leaves_for(fetch, self.config.num_leaves)
+        leaves = max(1, min(self.config.num_leaves, round(leaves * params.leaves_scale)))
         scanned = leaves * n / self.config.num_leaves
         return scanned * _COST_AH + self._reorder_for(fetch) * _COST_REORDER, fetch, leaves
 

@@ -23,7 +23,13 @@ def _bench(args: argparse.Namespace, extra: list[str]) -> int:
 
     print(f"beamvec bench {args.suite}: {args.num_items} items x {args.dimension}-d, {args.num_queries} queries", flush=True)
     log = lambda line: print(line, flush=True)  # noqa: E731
-    if args.suite == "selectivity":
+    if args.suite == "compare":
+        from beamvec.pipelines import compare
+
+        compare.run(args.output, args.items, args.queries, args.workload, args.num_items, args.dimension,
+                    args.num_queries, args.k, args.attribute, (args.min_partition_rows, args.max_partition_rows),
+                    args.repeats, args.seed, log=log)
+    elif args.suite == "selectivity":
         print(bench.SELECTIVITY_HEADER, flush=True)
         bench.selectivity_suite(args.num_items, args.dimension, args.num_queries, args.selectivities, args.k,
                                 args.repeats, args.seed, log=log)
@@ -108,7 +114,12 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
     bench = sub.add_parser("bench", help="measure recall and throughput side by side")
-    bench.add_argument("--suite", choices=["selectivity", "partitions", "beam"], default="selectivity")
+    bench.add_argument("--suite", choices=["compare", "selectivity", "partitions", "beam"], default="compare")
+    bench.add_argument("--items", help="items Parquet (default: generated)")
+    bench.add_argument("--queries", help="queries Parquet (needed with --items)")
+    bench.add_argument("--workload", help="past predicates for the workload partitioner (default: the queries')")
+    bench.add_argument("--attribute", default="category", help="column for the attribute:COL partitioner")
+    bench.add_argument("--output", default="bench", help="compare: writes OUTPUT.json, .md and .png")
     bench.add_argument("--num-items", type=int, default=200_000)
     bench.add_argument("--num-queries", type=int, default=10_000)
     bench.add_argument("--dimension", type=int, default=96)
