@@ -29,6 +29,10 @@ def _bench(args: argparse.Namespace, extra: list[str]) -> int:
         compare.run(args.output, args.items, args.queries, args.workload, args.num_items, args.dimension,
                     args.num_queries, args.k, args.attribute, (args.min_partition_rows, args.max_partition_rows),
                     args.repeats, args.seed, log=log)
+    elif args.suite == "scale":
+        from beamvec.pipelines import scale
+
+        scale.curve(args.sizes, args.dimension, args.num_queries, args.seed, log=log)
     elif args.suite == "selectivity":
         print(bench.SELECTIVITY_HEADER, flush=True)
         bench.selectivity_suite(args.num_items, args.dimension, args.num_queries, args.selectivities, args.k,
@@ -114,7 +118,7 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
     bench = sub.add_parser("bench", help="measure recall and throughput side by side")
-    bench.add_argument("--suite", choices=["compare", "selectivity", "partitions", "beam"], default="compare")
+    bench.add_argument("--suite", choices=["compare", "scale", "selectivity", "partitions", "beam"], default="compare")
     bench.add_argument("--items", help="items Parquet (default: generated)")
     bench.add_argument("--queries", help="queries Parquet (needed with --items)")
     bench.add_argument("--workload", help="past predicates for the workload partitioner (default: the queries')")
@@ -123,6 +127,8 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--num-items", type=int, default=200_000)
     bench.add_argument("--num-queries", type=int, default=10_000)
     bench.add_argument("--dimension", type=int, default=96)
+    bench.add_argument("--sizes", type=int, nargs="+", default=[100_000, 300_000, 1_000_000],
+                       help="scale: collection sizes")
     bench.add_argument("--selectivities", type=float, nargs="+", default=[0.01, 0.1, 1.0])
     bench.add_argument("--min-partition-rows", type=int, default=5_000)
     bench.add_argument("--max-partition-rows", type=int, default=50_000)

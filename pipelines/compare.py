@@ -200,7 +200,7 @@ def faiss_pre_filter(bench: Workbench, repeats: int, log) -> list[Measurement]:
         groups.setdefault(p, []).append(i)
     bitmaps = {p: None if bench.masks[p] is None else np.packbits(bench.masks[p], bitorder="little") for p in groups}
     out = []
-    for nprobe in (8, 32, 128):
+    for nprobe in (8, 32, 128, 512):
         def run():
             ids = np.full((len(bench.queries), bench.k), -1, np.int64)
             for p, members in groups.items():
