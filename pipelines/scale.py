@@ -34,14 +34,12 @@ def point(num_items: int, dimension: int, num_queries: int, seed: int = 0) -> di
     """One size's figures (run in a fresh process for a meaningful peak memory)."""
     out = {"items": num_items}
     with tempfile.TemporaryDirectory(prefix="beamvec-scale-") as work:
+        items = synthetic.make_items(num_items, dimension, seed)
         bounds = np.linspace(0, num_items, 9).astype(int)
-        vectors = []
         for part, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
-            block = synthetic.make_items(hi - lo, dimension, seed + part)
-            block = block.set_column(0, "id", block.column("id").combine_chunks().to_numpy() + lo)
-            pq.write_table(block, f"{work}/items-{part}.parquet")
-            vectors.append(block.column("vector").combine_chunks().values.to_numpy().reshape(-1, dimension))
-            del block
+            pq.write_table(items.slice(lo, hi - lo), f"{work}/items-{part}.parquet")
+        vectors = items.column("vector").combine_chunks().values.to_numpy().reshape(-1, dimension)
+        del items
         predicates = synthetic.random_predicates(num_queries, seed)
         pq.write_table(synthetic.make_queries(num_queries, dimension, seed, predicates=predicates), f"{work}/queries.parquet")
         with open(f"{work}/workload.txt", "w") as f:
@@ -60,7 +58,7 @@ def point(num_items: int, dimension: int, num_queries: int, seed: int = 0) -> di
         out["query_peak_mib"] = _peak_mib()
     from scann.scann_ops.py import scann_ops_pybind as sp
 
-    all_vectors = exact.prepare(np.concatenate(vectors), "dot_product")
+    all_vectors = exact.prepare(vectors, "dot_product")
     config = ShardConfig.for_shape(num_items, dimension)
     start = time.perf_counter()
     sp.create_searcher(all_vectors, config.scann_config(all_vectors, "dot_product"), 0)
