@@ -148,7 +148,7 @@ def scann_post_filter(bench: Workbench, repeats: int, log) -> list[Measurement]:
     from scann.scann_ops.py import scann_ops_pybind as sp
 
     n = len(bench.vectors)
-    config = ShardConfig.for_shape(n, bench.vectors.shape[1])
+    config = ShardConfig(num_leaves=max(2, round(math.sqrt(n))))  # a tree even when beamvec would brute-force
     start = time.perf_counter()
     searcher = sp.create_searcher(bench.vectors, config.scann_config(bench.vectors, "dot_product"), 0)
     build_seconds = time.perf_counter() - start
