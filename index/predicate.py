@@ -149,6 +149,8 @@ class Predicate:
         return np.asarray(result.to_numpy(zero_copy_only=False), dtype=bool)
 
     def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
         if type(self) is not type(other):
             return NotImplemented
         return self._key() == other._key()  # type: ignore[attr-defined]
