@@ -191,6 +191,11 @@ def merge(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.nd
     return out, best
 
 
+def ids_of_rows(ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Item ids at result row positions, -1 where a row is padding (-1)."""
+    return np.where(rows >= 0, ids[np.maximum(rows, 0)], -1)
+
+
 def recall(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Per query, the fraction of the true result rows found (1.0 where truth is empty).
 

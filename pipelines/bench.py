@@ -43,7 +43,8 @@ SELECTIVITY_HEADER = ("| selectivity | recall@10 | short | Index.search q/s | or
                       "|---|---|---|---|---|---|---|")
 
 
-def _median_time(run: Callable[[], object], repeats: int) -> tuple[float, object]:
+def median_time(run: Callable[[], object], repeats: int) -> tuple[float, object]:
+    """Median wall seconds of ``repeats`` runs, and the last run's result."""
     times, out = [], None
     for _ in range(repeats):
         start = time.perf_counter()
@@ -73,11 +74,11 @@ def selectivity_suite(num_items: int, dimension: int, num_queries: int, selectiv
             predicates = [text] * num_queries
             index.search(vectors[:100], predicates[:100], k)  # warm-up: loads, caches the mask
             before = dataclasses.replace(index.stats)
-            index_seconds, (ids, _) = _median_time(lambda: index.search(vectors, predicates, k), repeats)
+            index_seconds, (ids, _) = median_time(lambda: index.search(vectors, predicates, k), repeats)
             mask = parse(text).evaluate(items.table) if text else None
-            oracle_seconds, (truth, _) = _median_time(
+            oracle_seconds, (truth, _) = median_time(
                 lambda: exact.search(items.vectors, vectors, k, index.metric, [mask] * num_queries), repeats)
-            truth_ids = np.where(truth >= 0, ids_column[np.maximum(truth, 0)], -1)
+            truth_ids = exact.ids_of_rows(ids_column, truth)
             delta = {f.name: (getattr(index.stats, f.name) - getattr(before, f.name)) // repeats
                      for f in dataclasses.fields(index.stats)}
             row = SelectivityRow(s, float(exact.recall(ids, truth_ids).mean()),
@@ -143,7 +144,7 @@ def partition_suite(num_items: int, dimension: int, num_queries: int, min_rows: 
         log(f"{row.markdown()}  (fitted in {time.perf_counter() - start:.1f} s)")
         rows.append(row)
     truth, _ = exact.search(items.vectors, vectors, k, "dot_product", [masks[p] for p in test_half])
-    truth_ids = np.where(truth >= 0, items.table.column("id").to_numpy()[np.maximum(truth, 0)], -1)
+    truth_ids = exact.ids_of_rows(items.table.column("id").to_numpy(), truth)
     searched = {}
     with tempfile.TemporaryDirectory(prefix="beamvec-bench-") as tmp:
         indexes = {}

@@ -29,6 +29,7 @@ from beamvec.index.plan import fit_plan
 from beamvec.index.predicate import parse
 from beamvec.index.schema import PREDICATE, validate_items, validate_queries
 from beamvec.index.shard import SearchParams, ShardConfig
+from beamvec.pipelines.bench import median_time
 
 
 @dataclasses.dataclass
@@ -77,15 +78,6 @@ def _dir_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
-def _timed(run: Callable[[], object], repeats: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = run()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)), out
-
-
 def workbench(items: pa.Table, queries: pa.Table, workload: list[str | None], k: int, log) -> tuple[Workbench, Measurement]:
     """Validate the inputs, compute the exact answer (timed: that is the oracle's own row)."""
     valid = validate_items(items)
@@ -95,10 +87,10 @@ def workbench(items: pa.Table, queries: pa.Table, workload: list[str | None], k:
         else [None] * checked.table.num_rows
     masks = {p: parse(p).evaluate(valid.table) if p else None for p in set(predicates)}
     matches = np.array([len(valid.vectors) if masks[p] is None else int(masks[p].sum()) for p in predicates])
-    seconds, (rows, _) = _timed(lambda: exact.search(valid.vectors, checked.vectors, k, "dot_product",
+    seconds, (rows, _) = median_time(lambda: exact.search(valid.vectors, checked.vectors, k, "dot_product",
                                                      [masks[p] for p in predicates]), 1)
     ids = valid.table.column("id").to_numpy(zero_copy_only=False)
-    truth = np.where(rows >= 0, ids[np.maximum(rows, 0)], -1)
+    truth = exact.ids_of_rows(ids, rows)
     bench = Workbench(ids, valid.vectors, valid.table.drop_columns(["vector"]), checked.vectors, predicates,
                       workload or predicates, masks, truth, matches <= np.quantile(matches, 0.1), k)
     oracle = Measurement("exact pre-filter", "numpy, grouped by predicate", 1.0, 1.0, len(predicates) / seconds,
@@ -133,7 +125,7 @@ def beamvec_methods(bench: Workbench, attribute: str, partition_rows: tuple[int,
                 if probes is not None:
                     index.plan.probes = probes
                 before = index.stats.rows_scored
-                seconds, (ids, _) = _timed(lambda: index.search(bench.queries, bench.predicates, bench.k, params), repeats)
+                seconds, (ids, _) = median_time(lambda: index.search(bench.queries, bench.predicates, bench.k, params), repeats)
                 recall, selective = bench.score(ids)
                 m = Measurement(f"beamvec {spec}", f"{plan.num_partitions} partitions, {label}", recall, selective,
                                 len(bench.queries) / seconds, build_seconds, _dir_bytes(path),
@@ -172,7 +164,7 @@ def scann_post_filter(bench: Workbench, repeats: int, log) -> list[Measurement]:
                     kept = kept[: bench.k]
                     ids[q, : len(kept)] = bench.ids[kept]
             return ids
-        seconds, ids = _timed(run, repeats)
+        seconds, ids = median_time(run, repeats)
         recall, selective = bench.score(ids)
         scanned = np.mean([leaves * n / config.num_leaves + max(100, 10 * f) for f, m in groups.items() for _ in m])
         m = Measurement("ScaNN global post-filter", f"{config.spec()}, {leaves} leaves", recall, selective,
@@ -212,7 +204,7 @@ def faiss_pre_filter(bench: Workbench, repeats: int, log) -> list[Measurement]:
                 _, rows = index.search(bench.queries[members], bench.k, params=params)
                 ids[members] = np.where(rows >= 0, bench.ids[np.maximum(rows, 0)], -1)
             return ids
-        seconds, ids = _timed(run, repeats)
+        seconds, ids = median_time(run, repeats)
         recall, selective = bench.score(ids)
         m = Measurement("faiss IVFFlat pre-filter", f"nlist {nlist}, nprobe {nprobe}", recall, selective,
                         len(bench.queries) / seconds, build_seconds, size, nprobe * n / nlist)

@@ -54,7 +54,7 @@ def _read(pattern: str) -> pa.Table:
 def _recall(results: pa.Table, truth: np.ndarray, id_column: np.ndarray, query_ids: list) -> float:
     by_query = {r["query_id"]: [n["id"] for n in r["neighbors"]] for r in results.to_pylist()}
     found = np.array([(by_query[q] + [-1] * 10)[:10] for q in query_ids])
-    return float(exact.recall(found, np.where(truth >= 0, id_column[np.maximum(truth, 0)], -1)).mean())
+    return float(exact.recall(found, exact.ids_of_rows(id_column, truth)).mean())
 
 
 def run(num_items: int = 50_000, num_queries: int = 5_000, dimension: int = 64, k: int = 10, seed: int = 0,
