@@ -146,26 +146,31 @@ class Index:
             raise ValueError(f"query vectors have shape {vectors.shape}; the index has dimension {self.dimension}")
         n = len(vectors)
         groups = group_predicates(predicates if predicates is not None else [None] * n)
-        parsed: list[Predicate] = [MATCH_ALL] * n
-        for p, members in groups.items():
-            for i in members:
-                parsed[i] = p
         if sum(len(m) for m in groups.values()) != n:
             raise ValueError(f"{sum(len(m) for m in groups.values())} predicates for {n} queries")
-        best = (np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32))
+        distinct = list(groups)
+        group_of = np.empty(n, np.int64)
+        for g, members in enumerate(groups.values()):
+            group_of[members] = g
+        prepared = exact.prepare(vectors, self.metric)
+        handles = np.full((n, k), -1, np.int64)
+        keys = np.full((n, k), -np.inf, np.float32)
+        validated = False
         for part, members in enumerate(self.plan.route(groups, vectors)):
             ordinal = self._entry.get(partition_id(part))
             if len(members) == 0 or ordinal is None:
                 continue
-            result = self.shard(ordinal).search(vectors[members], k, [parsed[i] for i in members], params)
+            shard = self.shard(ordinal)
+            if not validated:
+                for p in distinct:
+                    p.validate(shard.attributes.schema)
+                validated = True
+            result = shard.search_groups(prepared[members], k, _local_groups(distinct, group_of[members]), params)
             self.stats.add(result.stats)
             self.partitions_searched += len(members)
-            handles = np.full((n, k), -1, np.int64)
-            keys = np.full((n, k), -np.inf, np.float32)
-            handles[members] = np.where(result.rows >= 0, ordinal * _ROW_SPACE + result.rows, -1)
-            keys[members] = result.keys
-            best = exact.merge([best, (handles, keys)], k)
-        return self._ids(best[0]), exact.finish(best[1], self.metric)
+            found = np.where(result.rows >= 0, ordinal * _ROW_SPACE + result.rows, -1)
+            handles[members], keys[members] = exact.merge([(handles[members], keys[members]), (found, result.keys)], k)
+        return self._ids(handles), exact.finish(keys, self.metric)
 
     def _ids(self, handles: np.ndarray) -> np.ndarray:
         integer = self.manifest.id_type == "int64"
@@ -176,3 +181,11 @@ class Index:
             rows = handles[where] % _ROW_SPACE
             out[where] = np.asarray(self.shard(int(o)).ids.take(pa.array(rows)).to_numpy(zero_copy_only=False))
         return out
+
+
+def _local_groups(distinct: list[Predicate], group_of: np.ndarray) -> dict[Predicate, np.ndarray]:
+    """Positions 0..len(group_of)-1 grouped by predicate (``distinct[group_of[i]]``)."""
+    order = np.argsort(group_of, kind="stable")
+    sorted_groups = group_of[order]
+    starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
+    return {distinct[sorted_groups[a]]: order[a:b] for a, b in zip(starts, np.r_[starts[1:], len(order)])}

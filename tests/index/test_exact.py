@@ -75,3 +75,22 @@ def test_recall_counts_overlap_and_ignores_padding():
 def test_unknown_metric_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown metric 'l1'"):
         exact.search(np.zeros((2, 2)), np.zeros((1, 2)), 1, "l1")
+
+
+@pytest.mark.parametrize("excluded", [0.0, 0.8, 0.999, 1.0])
+def test_top_k_of_long_rows_equals_a_full_sort(excluded):
+    # Long rows take the block-selection path; it must agree with sorting each whole row.
+    rng = np.random.default_rng(1)
+    keys = rng.standard_normal((200, 5_003)).astype(np.float32)
+    keys[rng.random(keys.shape) < excluded] = -np.inf
+    pos, best = exact.top_k(keys, 10)
+    order = np.argsort(-keys, axis=1, kind="stable")[:, :10]
+    want = np.take_along_axis(keys, order, axis=1)
+    assert np.array_equal(best, want)
+    assert np.array_equal(pos, np.where(np.isfinite(want), order, -1))
+
+
+def test_top_k_of_long_rows_with_ties_returns_the_best_keys():
+    keys = np.round(np.random.default_rng(2).standard_normal((300, 4_000)), 1).astype(np.float32)
+    _, best = exact.top_k(keys, 10)
+    assert np.array_equal(best, -np.sort(-keys, axis=1)[:, :10])
