@@ -235,13 +235,29 @@ def ids_of_rows(ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
 def recall(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Per query, the fraction of the true result rows found (1.0 where truth is empty).
 
-    ``found`` and ``truth`` are (n, k) handle arrays with -1 padding; handles must be
-    comparable (e.g. global row numbers or ids).
+    ``found`` and ``truth`` are (n, k) handle arrays with -1 padding (None for
+    object arrays), distinct within a row; handles must be comparable (e.g. global row
+    numbers or ids).
     """
+    if truth.dtype == object or found.dtype == object:
+        return _recall_of_objects(found, truth)
+    n = len(truth)
+    valid = truth != -1
+    if n == 0 or not valid.any():
+        return np.ones(n)
+    # Pair each handle with its query so one sorted membership test covers all rows.
+    low = min(int(truth[valid].min()), int(found.min()))
+    span = max(int(truth.max()), int(found.max())) - low + 1
+    query = np.arange(n, dtype=np.int64)[:, None] * span
+    hits = np.isin(truth - low + query, np.where(found != -1, found - low + query, -1)) & valid
+    total = valid.sum(axis=1)
+    return np.where(total > 0, hits.sum(axis=1) / np.maximum(total, 1), 1.0)
+
+
+def _recall_of_objects(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
     out = np.ones(len(truth))
     for i, (f, t) in enumerate(zip(found, truth)):
-        t = set(t[t != -1].tolist()) if t.dtype != object else {x for x in t if x is not None}
+        t = {x for x in t if x is not None and x != -1}
         if t:
-            f = set(f.tolist())
-            out[i] = len(t & f) / len(t)
+            out[i] = len(t & set(f.tolist())) / len(t)
     return out

@@ -13,7 +13,6 @@ Kinds: ``workload`` (the HQI qd-tree, :mod:`beamvec.index.qdtree`), ``hash``,
 from __future__ import annotations
 
 import abc
-import hashlib
 import math
 from typing import ClassVar, Sequence
 
@@ -21,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from beamvec.index import kmeans
+from beamvec.index.hashing import id_hashes
 from beamvec.index.predicate import MATCH_ALL, Box, Predicate, may_match, parse
 
 
@@ -115,9 +115,7 @@ class HashPlan(PartitionPlan):
         return [MATCH_ALL] * self.partitions
 
     def assign(self, attributes: pa.Table, vectors: np.ndarray) -> np.ndarray:
-        ids = attributes.column("id").to_pylist()
-        digests = [hashlib.blake2b(str(i).encode(), digest_size=8).digest() for i in ids]
-        return np.array([int.from_bytes(d, "little") % self.partitions for d in digests], np.int64)
+        return (id_hashes(attributes.column("id").combine_chunks()) % np.uint64(self.partitions)).astype(np.int64)
 
     def to_json(self) -> dict:
         return {"kind": self.kind, "partitions": self.partitions}

@@ -1052,6 +1052,31 @@ def _json_values(obj: Mapping, key: str) -> frozenset:
     return frozenset(values)
 
 
+_REPLACED: dict[tuple, tuple[Bounds, Bounds]] = {}
+
+
+def _replaced(bounds: Bounds, changes: tuple) -> Bounds:
+    """``bounds`` with fields changed; memoised, as fitting a plan narrows the same bounds objects many times.
+
+    Keyed by the identity of ``bounds`` (kept alive in the memo, so the identity
+    is not reused) and the type-tagged changes: 1, 1.0 and True are equal in
+    Python but not interchangeable here.
+    """
+    key = (id(bounds), tuple((name, _type_tagged(value)) for name, value in changes))
+    hit = _REPLACED.get(key)
+    if hit is None:
+        if len(_REPLACED) >= 1 << 16:
+            _REPLACED.clear()
+        hit = _REPLACED[key] = (bounds, dataclasses.replace(bounds, **dict(changes)))
+    return hit[1]
+
+
+def _type_tagged(value: object) -> object:
+    if isinstance(value, frozenset):
+        return frozenset(_tagged(v) for v in value)
+    return _tagged(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class Bounds:
     """What one column may hold in a :class:`Box` (normalised on construction).
@@ -1114,7 +1139,7 @@ class Bounds:
         return not self.nullable and not self.has_values()
 
     def _replace(self, **changes: Any) -> Bounds:
-        return dataclasses.replace(self, **changes)
+        return _replaced(self, tuple(changes.items()))
 
     def _tighten_low(self, value: Value, inclusive: bool) -> Bounds:
         order = 1 if self.low is None else _cmp(value, self.low)

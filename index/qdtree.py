@@ -85,7 +85,7 @@ class QdTreePlan(PartitionPlan):
             node, rows = stack.pop()
             n = self.nodes[node]
             if "cut" in n:
-                holds = self._cuts[node].evaluate(attributes.take(pa.array(rows)))
+                holds = self._cuts[node].evaluate(attributes)[rows]  # whole block: cheaper than taking rows
                 stack += [(n["left"], rows[holds]), (n["right"], rows[~holds])]
             elif n.get("centroids"):
                 out[rows] = n["first"] + kmeans.assign(vectors[rows], np.asarray(n["centroids"], np.float32))
@@ -136,9 +136,13 @@ class _Fitter:
         self.min_rows, self.max_rows, self.seed = min_rows, max_rows, seed
         self.cuts = self._candidate_cuts(max_cuts)
         self.masks = [c.evaluate(attributes) for c in self.cuts]
+        # A cut narrows the box on its own column only, so it can exclude only the
+        # queries that read that column; the others keep reaching both children.
+        self.query_columns = [tuple(sorted(q.columns())) for q in self.queries]
+        self.affected = [np.array([bool(c.columns() & set(cols)) for cols in self.query_columns]) for c in self.cuts]
         self.nodes: list[dict] = []
         self.partitions = 0
-        self._may: dict[tuple[int, Box], bool] = {}
+        self._may: dict[tuple, bool] = {}
 
     def _candidate_cuts(self, max_cuts: int) -> list[Predicate]:
         weight: dict[Predicate, float] = {}
@@ -149,13 +153,16 @@ class _Fitter:
         return [a for a, _ in ranked[:max_cuts]]
 
     def may(self, query: int, box: Box) -> bool:
-        key = (query, box)
+        # Only the bounds on the query's own columns matter: boxes that agree there share the answer.
+        key = (query, tuple(box.bounds(c) for c in self.query_columns[query]))
         if key not in self._may:
             self._may[key] = may_match(self.queries[query], box)
         return self._may[key]
 
     def plan(self) -> QdTreePlan:
-        self._grow(np.arange(len(self.vectors)), Box.everything(), np.arange(len(self.queries)))
+        everything = Box.everything()
+        reaching = np.array([q for q in range(len(self.queries)) if self.may(q, everything)], np.int64)
+        self._grow(np.arange(len(self.vectors)), everything, reaching)
         return QdTreePlan(self.nodes)
 
     def _grow(self, rows: np.ndarray, box: Box, reaching: np.ndarray) -> int:
@@ -167,8 +174,8 @@ class _Fitter:
             return node
         cut, holds = best
         left_box, right_box = box.restrict(self.cuts[cut], True), box.restrict(self.cuts[cut], False)
-        left = self._grow(rows[holds], left_box, np.array([q for q in reaching if self.may(q, left_box)], np.int64))
-        right = self._grow(rows[~holds], right_box, np.array([q for q in reaching if self.may(q, right_box)], np.int64))
+        left = self._grow(rows[holds], left_box, self._still_reaching(cut, left_box, reaching))
+        right = self._grow(rows[~holds], right_box, self._still_reaching(cut, right_box, reaching))
         self.nodes[node] = {"cut": self.cuts[cut].to_text(), "left": left, "right": right}
         return node
 
@@ -182,10 +189,15 @@ class _Fitter:
                 continue
             left_box, right_box = box.restrict(self.cuts[c], True), box.restrict(self.cuts[c], False)
             gain = sum(self.weights[q] * ((not self.may(q, left_box)) * n_left
-                                          + (not self.may(q, right_box)) * (len(rows) - n_left)) for q in reaching)
+                                          + (not self.may(q, right_box)) * (len(rows) - n_left))
+                       for q in reaching[self.affected[c][reaching]])
             if gain > best_gain:
                 best, best_gain = (c, holds), gain
         return best
+
+    def _still_reaching(self, cut: int, box: Box, reaching: np.ndarray) -> np.ndarray:
+        """The queries of ``reaching`` that may match rows of a child ``box`` made by ``cut``."""
+        return np.array([q for q in reaching if not self.affected[cut][q] or self.may(q, box)], np.int64)
 
     def _leaf(self, rows: np.ndarray) -> dict:
         leaf: dict = {"first": self.partitions, "centroids": None}

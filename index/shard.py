@@ -46,11 +46,16 @@ BRUTE_FORCE_ROWS = 4_096
 # Seeds and the unbalanced k-means trainer make ScaNN's build deterministic:
 # identical input gives identical partitions, codebooks and results.
 _DETERMINISTIC_PARTITIONING = "partitioning {\n  clustering_seed: 1\n  balancing_type: DEFAULT_UNBALANCED\n"
-_CALIBRATION_QUERIES = 256
+# Rows ScaNN trains on: k-means needs a few dozen rows per leaf; 16-centre codebooks need far fewer.
+_TREE_SAMPLE_PER_LEAF = 64
+_AH_SAMPLE = 5_000
+_CALIBRATION_QUERIES = 128
 _CALIBRATION_K = 10
-_CALIBRATION_FETCHES = (10, 32, 128, 512, 2048)
+_CALIBRATION_FETCHES = (10, 128, 512)
 # Calibrate a little above the target: the sample's rows stand in for unseen queries.
 _CALIBRATION_MARGIN = 0.02
+# Unfiltered top-10 typically needs a few percent of the leaves: the first guess is 1/16 of them.
+_CALIBRATION_FIRST_GUESS = 16
 # Estimated cost of each strategy, in nanoseconds per query (measured on a 2-core AVX2 machine).
 _COST_DENSE_ROW = 6.0  # pre-filter over all rows: matrix product, mask, top-k
 _COST_GATHER_ROW = 6.0  # pre-filter over the gathered matching rows
@@ -119,8 +124,9 @@ class ShardConfig:
         n = len(vectors)
         threshold = 0.2 if distance == "dot_product" else float("nan")
         config = (
-            builder.tree(self.num_leaves, 1, training_sample_size=min(n, 100_000))
-            .score_ah(self.dims_per_block, anisotropic_quantization_threshold=threshold)
+            builder.tree(self.num_leaves, 1, training_sample_size=min(n, _TREE_SAMPLE_PER_LEAF * self.num_leaves, 100_000))
+            .score_ah(self.dims_per_block, anisotropic_quantization_threshold=threshold,
+                      training_sample_size=min(n, _AH_SAMPLE))
             .reorder(self.reorder)
             .create_config()
         )
@@ -162,7 +168,7 @@ class SearchStats:
 class Calibration:
     """Leaves to search, per fetch size, for recall >= target; measured on the shard's own rows.
 
-    ``leaves`` pairs each fetch size F (10, 32, 128, 512, 2048; at most an eighth of the rows) with the fewest leaves
+    ``leaves`` pairs each fetch size F (10, 128, 512; at most an eighth of the rows) with the fewest leaves
     for which ScaNN's top-F holds at least ``target`` of the exact top-F. A filter of
     selectivity s needs about the unfiltered top-k/s, so the post-filter looks up
     the leaves for its fetch size here. ``recall`` is the unfiltered recall@10 reached.
@@ -266,23 +272,43 @@ class Shard:
         sizes = [f for f in _CALIBRATION_FETCHES if f <= max(_CALIBRATION_K, n // 8)]
         truth_all, _ = exact.search_rows(self.vectors, queries, sizes[-1] + 1, self.metric)
 
-        def measure(fetch: int, leaves: int) -> float:
-            rows, _ = self._scann_search(queries, fetch + 1, leaves)
-            truth = _drop_self(truth_all[:, :fetch + 1], sample, fetch)
-            return float(exact.recall(_drop_self(rows, sample, fetch), truth).mean())
+        truth_of: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-        table = []
-        low = 0
-        for fetch in sizes:
-            high = max(1, low)
-            while high < self.config.num_leaves and measure(fetch, high) < target + _CALIBRATION_MARGIN:
+        def measure(fetch: int, leaves: int) -> float:
+            if fetch not in truth_of:  # per query, which rows are among its true top-fetch
+                truth = _drop_self(truth_all[:, :fetch + 1], sample, fetch)
+                member = np.zeros((len(sample), n), bool)
+                member[np.nonzero(truth >= 0)[0], truth[truth >= 0]] = True
+                truth_of[fetch] = member, np.maximum((truth >= 0).sum(axis=1), 1)
+            member, total = truth_of[fetch]
+            found = _drop_self(self._scann_search(queries, fetch + 1, leaves)[0], sample, fetch)
+            hits = np.take_along_axis(member, np.maximum(found, 0), axis=1) & (found >= 0)
+            return float((hits.sum(axis=1) / total).mean())
+
+        recalls: dict[tuple[int, int], float] = {}
+
+        def meets(fetch: int, leaves: int) -> bool:
+            if (fetch, leaves) not in recalls:
+                recalls[fetch, leaves] = measure(fetch, leaves)
+            return recalls[fetch, leaves] >= target + _CALIBRATION_MARGIN
+
+        def fewest_leaves(fetch: int, low: int, guess: int) -> int:
+            """Fewest leaves meeting the target, above ``low`` (assumed short): gallop up from ``guess``, then bisect."""
+            high = max(low + 1, guess)
+            while high < self.config.num_leaves and not meets(fetch, high):
                 low, high = high, min(2 * high, self.config.num_leaves)
             while high - low > 1:
                 mid = (low + high) // 2
-                low, high = (low, mid) if measure(fetch, mid) >= target + _CALIBRATION_MARGIN else (mid, high)
-            table.append((fetch, high))
-            low = high - 1
-        return Calibration(tuple(table), measure(sizes[0], table[0][1]), target, len(sample))
+                low, high = (low, mid) if meets(fetch, mid) else (mid, high)
+            return high
+
+        table, low, leaves = [], 0, max(1, self.config.num_leaves // _CALIBRATION_FIRST_GUESS)
+        for fetch in sizes:  # a larger fetch needs at least the leaves of a smaller one
+            leaves = fewest_leaves(fetch, low, leaves)
+            table.append((fetch, leaves))
+            low = leaves - 1
+        meets(sizes[0], table[0][1])  # measured unless the search stopped at all leaves
+        return Calibration(tuple(table), recalls[sizes[0], table[0][1]], target, len(sample))
 
     def _scann_search(self, queries: np.ndarray, fetch: int, leaves: int) -> tuple[np.ndarray, np.ndarray]:
         """ScaNN top-``fetch`` (rows, keys), -1 / -inf where ScaNN found fewer."""
@@ -560,11 +586,11 @@ def _with_ids(attributes: pa.Table, ids: pa.Array) -> pa.Table:
 
 
 def _drop_self(rows: np.ndarray, sample: np.ndarray, k: int) -> np.ndarray:
-    """The first k rows of each result that are not the query's own row."""
-    out = np.full((len(rows), k), -1, np.int64)
-    for i, (r, own) in enumerate(zip(rows, sample)):
-        r = r[r != own][:k]
-        out[i, :len(r)] = r
+    """The first k rows of each result that are not the query's own row (-1 padded)."""
+    keep = rows != sample[:, None]
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+    out = np.take_along_axis(rows, order, axis=1)
+    out[~np.take_along_axis(keep, order, axis=1)] = -1
     return out
 
 

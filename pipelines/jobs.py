@@ -68,10 +68,10 @@ def build(items: str, index: str, options: PipelineOptions, workload: str | None
     id_type = read_schema(items).field(ID).type
     predicates = read_workload(workload)
     p = beam.Pipeline(options=options)
-    checked = p | "ReadItems" >> ReadTables(items) | "Validate" >> Validate("items", dimension)
-    plan = checked.valid | "FitPartitioner" >> FitPartitioner(
+    plan = p | "ReadSample" >> ReadTables(items) | "FitPartitioner" >> FitPartitioner(
         settings.partitioner, predicates, settings.min_partition_rows, settings.max_partition_rows,
-        settings.sample_rows, settings.seed)
+        settings.sample_rows, settings.seed, dimension)
+    checked = p | "ReadItems" >> ReadTables(items) | "Validate" >> Validate("items", dimension)
     built = (checked.valid | "Assign" >> AssignPartitions(plan)
              | "BuildShards" >> BuildShards(index, plan, settings.metric, seed=settings.seed))
     built.entries | "WriteManifest" >> WriteManifest(index, plan, settings.metric, dimension, id_type)

@@ -15,22 +15,19 @@ from typing import Iterable, Sequence
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
+from beamvec.index.hashing import id_hashes
 from beamvec.index.index import id_type_name, partition_id, write_shard
 from beamvec.index.manifest import Manifest, PartitionEntry
 from beamvec.index.plan import PartitionPlan, fit_plan, plan_from_json
-from beamvec.index.schema import VECTOR, Validated, validate_items, vectors_array
+from beamvec.index.schema import ID, VECTOR, Validated, validate_items, vectors_array
 from beamvec.index.shard import Shard
+from beamvec.transforms.io import Block
 from beamvec.transforms.validate import REJECTED, dead_letters
 
 _HASH = "__beamvec_hash"
-
-
-def row_hashes(ids: pa.Array) -> np.ndarray:
-    """A stable 64-bit hash of each id: the same on every worker and runner."""
-    return np.array([int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little")
-                     for i in ids.to_pylist()], np.uint64)
 
 
 def _rows_table(validated: Validated) -> pa.Table:
@@ -54,9 +51,9 @@ class _BottomK(beam.CombineFn):
     def create_accumulator(self):
         return None
 
-    def add_input(self, accumulator, validated: Validated):
-        table = _rows_table(validated)
-        table = table.append_column(_HASH, pa.array(row_hashes(table.column("id"))))
+    def add_input(self, accumulator, block: Block):
+        table = block.table.filter(pc.is_valid(block.table.column(ID)))
+        table = table.append_column(_HASH, pa.array(id_hashes(table.column(ID).combine_chunks())))
         return self.merge_accumulators([accumulator, self._keep(table)])
 
     def merge_accumulators(self, accumulators):
@@ -74,7 +71,7 @@ class _BottomK(beam.CombineFn):
 
 
 class SampleRows(beam.PTransform):
-    """Validated item blocks -> one table of at most ``size`` rows, the same on every runner."""
+    """Item blocks as read -> one table of at most ``size`` rows (smallest id hashes), the same on every runner."""
 
     def __init__(self, size: int):
         super().__init__()
@@ -85,35 +82,39 @@ class SampleRows(beam.PTransform):
 
 
 def _fit(sample: pa.Table | None, total_rows: int, spec: str, workload: Sequence[str | None],
-         min_rows: int, max_rows: int, seed: int) -> dict:
-    if sample is None:
+         min_rows: int, max_rows: int, seed: int, dimension: int | None) -> dict:
+    valid = validate_items(sample, dimension) if sample is not None else None
+    if valid is None or not valid.table.num_rows:
         raise ValueError("no valid items to index: every item was rejected (see the dead letters)")
-    vectors = sample.column(VECTOR).combine_chunks()
-    vectors = vectors.values.to_numpy().reshape(len(vectors), -1)
-    return fit_plan(spec, sample.drop_columns([VECTOR]), vectors, workload, min_rows, max_rows,
+    return fit_plan(spec, valid.table.drop_columns([VECTOR]), valid.vectors, workload, min_rows, max_rows,
                     total_rows=total_rows, seed=seed).to_json()
 
 
 class FitPartitioner(beam.PTransform):
-    """Validated item blocks -> the partition plan as a singleton PCollection of its JSON dict.
+    """Item blocks as read -> the partition plan as a singleton PCollection of its JSON dict.
 
+    Fits on a sample of the rows (their smallest id hashes; rows that fail
+    validation are left out of the fit). Give it its own read of the items: then
+    the full collection flows once, straight from the read into partition
+    assignment, instead of being held until the plan is ready.
     ``spec``: workload, hash, attribute:COL, kmeans or single; ``workload``: past
     query predicates (the workload partitioner needs them).
     """
 
     def __init__(self, spec: str, workload: Sequence[str | None] = (), min_rows: int = 10_000,
-                 max_rows: int = 100_000, sample_rows: int = 50_000, seed: int = 0):
+                 max_rows: int = 100_000, sample_rows: int = 50_000, seed: int = 0, dimension: int | None = None):
         super().__init__()
         self.spec, self.workload = spec, list(workload)
         self.min_rows, self.max_rows, self.sample_rows, self.seed = min_rows, max_rows, sample_rows, seed
+        self.dimension = dimension
 
-    def expand(self, items):
-        total = items | "Count" >> beam.Map(lambda v: v.table.num_rows) | "Total" >> beam.CombineGlobally(sum)
+    def expand(self, blocks):
+        total = blocks | "Count" >> beam.Map(lambda b: b.table.num_rows) | "Total" >> beam.CombineGlobally(sum)
         return (
-            items
+            blocks
             | "Sample" >> SampleRows(self.sample_rows)
             | "Fit" >> beam.Map(_fit, beam.pvalue.AsSingleton(total), self.spec, self.workload,
-                                self.min_rows, self.max_rows, self.seed)
+                                self.min_rows, self.max_rows, self.seed, self.dimension)
         )
 
 
@@ -159,8 +160,7 @@ class _BuildShard(beam.DoFn):
         ordinal, tables = element
         table = pa.concat_tables(list(tables), promote_options="permissive")
         # Rows arrive in any order: sort by id so every runner builds the same shard.
-        table = table.take(pa.array(np.argsort(np.asarray(table.column("id").to_pylist(), dtype=object)
-                                               .astype(str), kind="stable")))
+        table = table.take(pc.sort_indices(table, [(ID, "ascending")]))
         validated = validate_items(table)  # catches an id repeated across input blocks
         if validated.rejections:
             self.rejected.inc(len(validated.rejections))

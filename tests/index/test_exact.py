@@ -94,3 +94,13 @@ def test_top_k_of_long_rows_with_ties_returns_the_best_keys():
     keys = np.round(np.random.default_rng(2).standard_normal((300, 4_000)), 1).astype(np.float32)
     _, best = exact.top_k(keys, 10)
     assert np.array_equal(best, -np.sort(-keys, axis=1)[:, :10])
+
+
+def test_recall_equals_set_overlap():
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        n, k_found, k_truth = rng.integers(0, 6), rng.integers(1, 8), rng.integers(1, 8)
+        found = np.array([rng.permutation(np.arange(-1, 15))[:k_found] for _ in range(n)]).reshape(n, k_found)
+        truth = np.array([rng.permutation(np.arange(-1, 15))[:k_truth] for _ in range(n)]).reshape(n, k_truth)
+        want = [len(set(t) & set(f) - {-1}) / len(set(t) - {-1}) if set(t) - {-1} else 1.0 for f, t in zip(found, truth)]
+        assert exact.recall(found, truth).tolist() == pytest.approx(want)
