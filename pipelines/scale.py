@@ -56,7 +56,7 @@ def run_job(job: str, work: str, num_items: int, seed: int = 0) -> dict:
     clock starts, for every job alike: a one-off cost of the process, not of the work.
     """
     from apache_beam.options.pipeline_options import PipelineOptions
-    from scann.scann_ops.py import scann_ops_pybind as sp
+    from scann.scann_ops.py import scann_ops_pybind  # noqa: F401  (loads TensorFlow)
 
     from beamvec.pipelines import jobs
 
@@ -70,15 +70,13 @@ def run_job(job: str, work: str, num_items: int, seed: int = 0) -> dict:
         out["queries_answered"] = jobs.query(f"{work}/index", f"{work}/queries.parquet", f"{work}/out", options).get(
             "queries_answered", 0)
     elif job == "scann":
-        from beamvec.index import exact
-        from beamvec.index.shard import ShardConfig
+        from beamvec.pipelines.compare import global_scann
 
         files = sorted(glob.glob(f"{work}/items-*.parquet"))
         column = pa.concat_tables([pq.read_table(f, columns=["vector"]) for f in files]).column("vector").combine_chunks()
-        vectors = exact.prepare(column.values.to_numpy().reshape(len(column), -1), "dot_product")
-        config = ShardConfig.for_shape(*vectors.shape)
+        vectors = column.values.to_numpy().reshape(len(column), -1)
         start = time.perf_counter()
-        sp.create_searcher(vectors, config.scann_config(vectors, "dot_product"), 0)
+        global_scann(vectors)
     else:
         raise ValueError(f"unknown job {job!r}")
     out.update(seconds=time.perf_counter() - start, peak_mib=_peak_mib())
@@ -98,11 +96,11 @@ def point(num_items: int, dimension: int, num_queries: int, seed: int = 0) -> di
         generate(work, num_items, dimension, num_queries, seed)
         build = _child("build", work, num_items, seed)
         query = _child("query", work, num_items, seed)
-        global_scann = _child("scann", work, num_items, seed)
+        baseline = _child("scann", work, num_items, seed)
     return {"items": num_items, "build_seconds": build["seconds"], "build_peak_mib": build["peak_mib"],
             "query_seconds": query["seconds"], "query_peak_mib": query["peak_mib"],
-            "queries_answered": query["queries_answered"], "global_scann_build_seconds": global_scann["seconds"],
-            "global_scann_peak_mib": global_scann["peak_mib"]}
+            "queries_answered": query["queries_answered"], "global_scann_build_seconds": baseline["seconds"],
+            "global_scann_peak_mib": baseline["peak_mib"]}
 
 
 HEADER = ("| items | beamvec build s | beamvec query s | global ScaNN build s | build / ScaNN | peak MiB (build) | "

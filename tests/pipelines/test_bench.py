@@ -22,3 +22,15 @@ def test_compare_measures_every_method_and_writes_outputs(tmp_path):
     assert len(json.load(open(out + ".json"))) == len(rows)
     assert open(out + ".md").read().count("\n") == len(rows) + 2
     assert open(out + ".png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_scale_point_runs_each_job_in_its_own_process():
+    from beamvec.pipelines import scale
+
+    point = scale.point(3_000, dimension=16, num_queries=100)
+    assert point["items"] == 3_000 and point["queries_answered"] == 100
+    for job in ("build", "query", "global_scann_build"):
+        assert point[f"{job}_seconds"] > 0
+    for job in ("build", "query", "global_scann"):
+        assert point[f"{job}_peak_mib"] > 0
+    assert scale.markdown(point).count("|") == scale.HEADER.splitlines()[0].count("|")
