@@ -377,7 +377,7 @@ class Shard:
         """
         params = params or SearchParams()
         result = ShardResult.empty(len(queries), k)
-        pre: list[tuple[np.ndarray | None, np.ndarray]] = []
+        pre: list[tuple[np.ndarray | None, np.ndarray, int]] = []
         post: dict[tuple[int, int], list[tuple[np.ndarray | None, np.ndarray, int]]] = {}
         for p, members in groups.items():
             mask = self.mask(p)
@@ -386,7 +386,7 @@ class Shard:
                 continue
             post_cost, fetch, leaves = self._post_cost(matches, k, params)
             if self._pre_cost(matches, len(members)) <= params.prefilter_cost_ratio * post_cost:
-                pre.append((mask, members))
+                pre.append((mask, members, matches))
             else:
                 post.setdefault((fetch, leaves), []).append((mask, members, matches))
         for (fetch, leaves), entries in post.items():
@@ -399,11 +399,10 @@ class Shard:
         return min(self.num_rows * _COST_DENSE_ROW, matches * _COST_GATHER_ROW + _COST_GATHER_GROUP / queries)
 
     def _pre_filter(self, queries: np.ndarray, k: int, groups: list, result: "ShardResult") -> None:
-        """Exact scores: predicates matching most rows share one masked product, others gather their rows."""
+        """Exact scores: groups cheaper to gather score their own rows, the others share one masked product."""
         dense, sparse = [], []
-        for mask, members in groups:
-            gathered = mask is not None and (
-                self._pre_cost(int(np.count_nonzero(mask)), len(members)) < self.num_rows * _COST_DENSE_ROW)
+        for mask, members, matches in groups:
+            gathered = mask is not None and self._pre_cost(matches, len(members)) < self.num_rows * _COST_DENSE_ROW
             (sparse if gathered else dense).append((mask, members))
         for mask, members in sparse:
             rows = np.flatnonzero(mask)
@@ -415,7 +414,7 @@ class Shard:
             result.rows[members], result.keys[members] = exact.search_masked(
                 self.vectors, queries[members], k, self.metric, allowed.excluded)
             result.stats.rows_scored += len(members) * self.num_rows
-        result.stats.prefiltered += sum(len(m) for _, m in groups)
+        result.stats.prefiltered += sum(len(m) for _, m, _ in groups)
 
     def _post_filter(self, queries, k, fetch, leaves, entries, result: "ShardResult", pre: list) -> None:
         """One ScaNN call for all queries of a fetch size, filtered at once; short queries are queued for pre-filter."""
@@ -437,9 +436,9 @@ class Shard:
         if short.any():
             result.stats.fallbacks += int(short.sum())
             offsets = np.cumsum([0] + sizes)
-            for (mask, group, _), start, stop in zip(entries, offsets[:-1], offsets[1:]):
+            for (mask, group, matches), start, stop in zip(entries, offsets[:-1], offsets[1:]):
                 if short[start:stop].any():
-                    pre.append((mask, group[short[start:stop]]))
+                    pre.append((mask, group[short[start:stop]], matches))
 
     def _reorder_for(self, fetch: int) -> int:
         """Candidates re-scored exactly for a fetch size: the config's reorder per 10 results."""

@@ -21,7 +21,8 @@ def _demo(args: argparse.Namespace, extra: list[str]) -> int:
 def _bench(args: argparse.Namespace, extra: list[str]) -> int:
     from beamvec.pipelines import bench
 
-    print(f"beamvec bench {args.suite}: {args.num_items} items x {args.dimension}-d, {args.num_queries} queries", flush=True)
+    items = args.items or (", ".join(f"{n:,}" for n in args.sizes) if args.suite == "scale" else f"{args.num_items:,}")
+    print(f"beamvec bench {args.suite}: {items} items x {args.dimension}-d, {args.num_queries} queries", flush=True)
     log = lambda line: print(line, flush=True)  # noqa: E731
     if args.suite == "compare":
         from beamvec.pipelines import compare
