@@ -150,11 +150,11 @@ def search_masked(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of each query among the rows its own mask allows.
 
-    ``excluded(start, stop)`` returns the (stop - start, rows) boolean masks of
-    the rows queries start..stop-1 must not return. All queries are scored against all rows with one matrix
-    product per block of queries, then masked: cheaper than gathering rows per
-    predicate when the predicates are many and each matches a large share of the
-    rows. Inputs must be prepared; returns (row positions, keys).
+    ``excluded(start, stop)`` returns the (stop - start, rows) boolean masks of the
+    rows queries start..stop-1 must not return. All queries are scored against all
+    rows with one matrix product per block of queries, then masked: cheaper than
+    gathering rows per predicate when the predicates are many and each matches a
+    large share of the rows. Inputs must be prepared; returns (row positions, keys).
     """
     n_rows = len(vectors)
     norms = np.einsum("ij,ij->i", vectors, vectors) if metric == "squared_l2" else None

@@ -161,7 +161,7 @@ class Index:
             if len(members) == 0 or ordinal is None:
                 continue
             shard = self.shard(ordinal)
-            if not validated:
+            if not validated:  # every shard of an index has the same columns: check once
                 for p in distinct:
                     p.validate(shard.attributes.schema)
                 validated = True

@@ -115,14 +115,11 @@ def markdown(p: dict) -> str:
 
 def curve(sizes: Sequence[int], dimension: int, num_queries: int, seed: int = 0,
           log: Callable[[str], None] = print) -> list[dict]:
-    """Each size in its own process; one Markdown row per size as it finishes."""
+    """:func:`point` for each size; one Markdown row per size as it finishes."""
     log(HEADER)
     points = []
     for n in sizes:
-        proc = subprocess.run([sys.executable, "-m", "beamvec.pipelines.scale", "--num-items", str(n),
-                               "--dimension", str(dimension), "--num-queries", str(num_queries), "--seed", str(seed)],
-                              capture_output=True, text=True, check=True)
-        points.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        points.append(point(n, dimension, num_queries, seed))
         log(markdown(points[-1]))
     return points
 
