@@ -24,6 +24,11 @@ _QUERY_BLOCK = 1024
 _SCORES_PER_BLOCK = 1 << 24
 # Blocks per row in top_k's block selection.
 _TOP_K_BLOCK = 32
+# Few keys in short rows are ranked by one stable sort (cheaper than selecting, for so few).
+_SORT_COLUMNS = 512
+_SORT_KEYS = 4096
+# Fewer rows than this are ranked one at a time, over their finite keys only.
+_ROW_BY_ROW = 4
 
 
 def check_metric(metric: str) -> str:
@@ -71,27 +76,57 @@ def top_k(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     n, m = keys.shape
     if m == 0 or k == 0:
         return np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32)
+    if m <= _SORT_COLUMNS and n * m <= _SORT_KEYS:
+        return _top_k_sorted(keys, k)
+    if n < _ROW_BY_ROW:
+        pos, best = np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32)
+        for i in range(n):
+            pos[i], best[i] = _top_k_row(keys[i], k)
+        return pos, best
     if m < 4 * _TOP_K_BLOCK * k:
         return _top_k_select(keys, k)
     return _top_k_blocked(keys, k)
+
+
+def _top_k_sorted(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_k` by one stable sort of each row (short rows)."""
+    n, m = keys.shape
+    kk = min(k, m)
+    pos = np.argsort(-keys, axis=1, kind="stable")[:, :kk]
+    best = keys[np.arange(n)[:, None], pos].astype(np.float32)
+    pos[best == -np.inf] = -1
+    return _pad(pos, best, k)
+
+
+def _top_k_row(row: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_k` of one row: selection over its finite keys only (cheap when most are -inf)."""
+    candidates = np.flatnonzero(row > -np.inf)
+    if len(candidates) > _SORT_COLUMNS:
+        values = row[candidates]
+        candidates = np.sort(candidates[np.argpartition(values, len(values) - k)[len(values) - k:]])
+    pos, best = _top_k_sorted(row[candidates][None], k)
+    return np.where(pos[0] >= 0, candidates[np.maximum(pos[0], 0)] if len(candidates) else -1, -1), best[0]
 
 
 def _top_k_select(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """:func:`top_k` by one selection over each whole row."""
     n, m = keys.shape
     kk = min(k, m)
-    if kk < m:
-        part = np.argpartition(keys, m - kk, axis=1)[:, m - kk:]
-    else:
-        part = np.broadcast_to(np.arange(m), (n, m)).copy()
-    part_keys = np.take_along_axis(keys, part, axis=1)
+    rows = np.arange(n)[:, None]
+    part = np.argpartition(keys, m - kk, axis=1)[:, m - kk:] if kk < m else np.broadcast_to(np.arange(m), (n, m))
+    part_keys = keys[rows, part]
     order = np.lexsort((part, -part_keys), axis=1)
-    pos = np.take_along_axis(part, order, axis=1).astype(np.int64)
-    best = np.take_along_axis(part_keys, order, axis=1).astype(np.float32)
-    pos[~np.isfinite(best)] = -1
-    if kk < k:
-        pos = np.pad(pos, ((0, 0), (0, k - kk)), constant_values=-1)
-        best = np.pad(best, ((0, 0), (0, k - kk)), constant_values=-np.inf)
+    pos = part[rows, order].astype(np.int64)
+    best = part_keys[rows, order].astype(np.float32)
+    pos[best == -np.inf] = -1
+    return _pad(pos, best, k)
+
+
+def _pad(pos: np.ndarray, best: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, k) results from fewer than k columns: -1 / -inf padding."""
+    if pos.shape[1] < k:
+        pos = np.pad(pos, ((0, 0), (0, k - pos.shape[1])), constant_values=-1)
+        best = np.pad(best, ((0, 0), (0, k - best.shape[1])), constant_values=-np.inf)
     return pos, best
 
 
@@ -104,17 +139,16 @@ def _top_k_blocked(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     are -inf. Rows where a block left out ties with the k-th key are redone whole.
     """
     n, m = keys.shape
+    rows = np.arange(n)[:, None]
     width = m // _TOP_K_BLOCK
     blocks = keys[:, :width * _TOP_K_BLOCK].reshape(n, _TOP_K_BLOCK, width)
     head = blocks.max(axis=1)
     chosen = np.argpartition(head, width - k, axis=1)[:, width - k:]
     columns = (chosen[:, None, :] + width * np.arange(_TOP_K_BLOCK)[None, :, None]).reshape(n, -1)
     tail = np.arange(width * _TOP_K_BLOCK, m)
-    columns = np.concatenate([columns, np.broadcast_to(tail, (n, len(tail)))], axis=1)
-    pos, best = _top_k_select(np.take_along_axis(keys, columns, axis=1), k)
-    pos = np.where(pos >= 0, np.take_along_axis(columns, np.maximum(pos, 0), axis=1), -1)
-    order = np.lexsort((np.where(pos >= 0, pos, m), -best), axis=1)
-    pos, best = np.take_along_axis(pos, order, axis=1), np.take_along_axis(best, order, axis=1)
+    columns = np.sort(np.concatenate([columns, np.broadcast_to(tail, (n, len(tail)))], axis=1), axis=1)
+    pos, best = _top_k_select(keys[rows, columns], k)  # columns ascending: ties still by position
+    pos = np.where(pos >= 0, columns[rows, np.maximum(pos, 0)], -1)
     kth = best[:, -1]
     tied = np.isfinite(kth) & ((head >= kth[:, None]).sum(axis=1) > k)
     if tied.any():
@@ -146,15 +180,22 @@ def search_rows(
 
 
 def search_masked(
-    vectors: np.ndarray, queries: np.ndarray, k: int, metric: str, excluded: Callable[[int, int], np.ndarray]
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    metric: str,
+    excluded: Callable[[int, int], np.ndarray | None],
+    spans: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of each query among the rows its own mask allows.
 
+    ``spans[i] = (start, stop)`` limits query i to rows start..stop-1 (default: all);
     ``excluded(start, stop)`` returns the (stop - start, rows) boolean masks of the
-    rows queries start..stop-1 must not return. All queries are scored against all
-    rows with one matrix product per block of queries, then masked: cheaper than
-    gathering rows per predicate when the predicates are many and each matches a
-    large share of the rows. Inputs must be prepared; returns (row positions, keys).
+    rows queries start..stop-1 must not return besides, or None when there are none.
+    All queries are scored against all rows with one matrix product per block of
+    queries, then masked: cheaper than gathering rows per predicate when the
+    predicates are many and each matches a large share of the rows. Inputs must be
+    prepared; returns (row positions, keys).
     """
     n_rows = len(vectors)
     norms = np.einsum("ij,ij->i", vectors, vectors) if metric == "squared_l2" else None
@@ -164,7 +205,13 @@ def search_masked(
     for start in range(0, len(queries), block):
         stop = min(start + block, len(queries))
         keys = score_matrix(queries[start:stop], vectors, metric, norms)
-        np.copyto(keys, -np.inf, where=excluded(start, stop))
+        if spans is not None:  # filling the rows outside a span is far cheaper than a masked copy
+            for i in np.flatnonzero((spans[start:stop, 0] > 0) | (spans[start:stop, 1] < n_rows)):
+                keys[i, :spans[start + i, 0]] = -np.inf
+                keys[i, spans[start + i, 1]:] = -np.inf
+        mask = excluded(start, stop)
+        if mask is not None:
+            np.copyto(keys, -np.inf, where=mask)
         out_pos[start:stop], out_keys[start:stop] = top_k(keys, k)
     return out_pos, out_keys
 

@@ -8,10 +8,14 @@ queries, and merges the per-partition top-k into the global top-k.
 
 from __future__ import annotations
 
+import contextlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
+from threadpoolctl import threadpool_limits
 
 from beamvec.index import exact, fs
 from beamvec.index.manifest import Manifest, ManifestError, PartitionEntry, check_relative_path, checksum
@@ -70,8 +74,8 @@ def build_index(
         if len(rows) == 0:
             continue
         taken = pa.array(rows)
-        shard = Shard.build(ids.take(taken), vectors[rows], attributes.take(taken),
-                            metric=metric, config=config, recall_target=recall_target, seed=seed)
+        shard = Shard.build(ids.take(taken), vectors[rows], attributes.take(taken), metric=metric, config=config,
+                            recall_target=recall_target, seed=seed, row_order=plan.row_order)
         entries.append(write_shard(path, partition_id(ordinal), shard, descriptions[ordinal]))
     manifest = Manifest(metric, vectors.shape[1], id_type_name(ids), tuple(entries), plan.to_json())
     manifest.write(path)
@@ -86,14 +90,17 @@ def partition_id(ordinal: int) -> str:
 class Index:
     """An opened index. Shards load on first use and stay loaded.
 
+    ``workers`` shards are searched at once, each on one thread (default: the CPUs
+    this process may use); results do not depend on it.
     ``stats`` accumulates what searches did (queries per strategy, rows scored);
     ``partitions_searched`` counts (query, partition) pairs searched.
     """
 
-    def __init__(self, path: str, manifest: Manifest, verify: bool = True):
+    def __init__(self, path: str, manifest: Manifest, verify: bool = True, workers: int | None = None):
         self.path = path
         self.manifest = manifest
         self.verify = verify
+        self.workers = workers or len(os.sched_getaffinity(0))
         self.stats = SearchStats()
         self.partitions_searched = 0
         self._shards: dict[str, Shard] = {}
@@ -101,9 +108,9 @@ class Index:
         self._entry = {p.id: i for i, p in enumerate(manifest.partitions)}
 
     @classmethod
-    def open(cls, path: str, verify: bool = True) -> "Index":
+    def open(cls, path: str, verify: bool = True, workers: int | None = None) -> "Index":
         """Open the index at ``path``. With ``verify``, each shard's checksum is checked when it loads."""
-        return cls(path, Manifest.read(path), verify)
+        return cls(path, Manifest.read(path), verify, workers)
 
     @property
     def metric(self) -> str:
@@ -155,21 +162,36 @@ class Index:
         prepared = exact.prepare(vectors, self.metric)
         handles = np.full((n, k), -1, np.int64)
         keys = np.full((n, k), -np.inf, np.float32)
-        validated = False
+        tasks = []
         for part, members in enumerate(self.plan.route(groups, vectors)):
             ordinal = self._entry.get(partition_id(part))
-            if len(members) == 0 or ordinal is None:
-                continue
-            shard = self.shard(ordinal)
-            if not validated:  # every shard of an index has the same columns: check once
-                for p in distinct:
-                    p.validate(shard.attributes.schema)
-                validated = True
-            result = shard.search_groups(prepared[members], k, _local_groups(distinct, group_of[members]), params)
-            self.stats.add(result.stats)
-            self.partitions_searched += len(members)
-            found = np.where(result.rows >= 0, ordinal * _ROW_SPACE + result.rows, -1)
-            handles[members], keys[members] = exact.merge([(handles[members], keys[members]), (found, result.keys)], k)
+            if len(members) and ordinal is not None:
+                tasks.append((ordinal, members, self.shard(ordinal)))
+        if tasks:  # every shard of an index has the same columns: check once
+            for p in distinct:
+                p.validate(tasks[0][2].attributes.schema)
+
+        def search_shard(task):
+            _, members, shard = task
+            return shard.search_groups(prepared[members], k, _local_groups(distinct, group_of[members]), params,
+                                       parallel=self.workers == 1)
+
+        # One BLAS thread always: products are per shard and small, and their sums then add
+        # up in the same order whatever the number of workers, so scores agree to the bit.
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(threadpool_limits(1, "blas"))
+            if self.workers > 1:  # largest first, merged in partition order: the same answer as one worker
+                pool = stack.enter_context(ThreadPoolExecutor(self.workers))
+                by_cost = sorted(range(len(tasks)), key=lambda t: -len(tasks[t][1]) * tasks[t][2].num_rows)
+                futures = {t: pool.submit(search_shard, tasks[t]) for t in by_cost}
+                results = (futures[t].result() for t in range(len(tasks)))
+            else:
+                results = map(search_shard, tasks)
+            for (ordinal, members, _), result in zip(tasks, results):
+                self.stats.add(result.stats)
+                self.partitions_searched += len(members)
+                found = np.where(result.rows >= 0, ordinal * _ROW_SPACE + result.rows, -1)
+                handles[members], keys[members] = exact.merge([(handles[members], keys[members]), (found, result.keys)], k)
         return self._ids(handles), exact.finish(keys, self.metric)
 
     def _ids(self, handles: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 import pyarrow as pa
 
-from beamvec.index import kmeans
+from beamvec.index import kmeans, layout
 from beamvec.index.hashing import id_hashes
 from beamvec.index.predicate import MATCH_ALL, Box, Predicate, may_match, parse
 
@@ -28,9 +28,14 @@ _ROUTE_CACHE = 100_000
 
 
 class PartitionPlan(abc.ABC):
-    """Assigns rows to partitions 0..num_partitions-1 and routes queries to them."""
+    """Assigns rows to partitions 0..num_partitions-1 and routes queries to them.
+
+    ``row_order``: the columns each partition's shard sorts its rows by (fitted from
+    the workload, see :mod:`beamvec.index.layout`; empty for id order).
+    """
 
     kind: ClassVar[str]
+    row_order: tuple[str, ...] = ()
 
     @property
     @abc.abstractmethod
@@ -46,8 +51,12 @@ class PartitionPlan(abc.ABC):
         """The partition of each row (int array), from its attributes (with ``id``) and vector."""
 
     @abc.abstractmethod
+    def _json(self) -> dict:
+        """This kind's fields, with its ``kind`` key."""
+
     def to_json(self) -> dict:
         """A plain JSON-able dict with a ``kind`` key; :func:`plan_from_json` inverts it."""
+        return {**self._json(), "row_order": list(self.row_order)} if self.row_order else self._json()
 
     def route(self, groups: dict[Predicate, np.ndarray], vectors: np.ndarray) -> list[np.ndarray]:
         """Per partition, the positions of the queries that must visit it.
@@ -95,7 +104,7 @@ class SinglePlan(PartitionPlan):
     def assign(self, attributes: pa.Table, vectors: np.ndarray) -> np.ndarray:
         return np.zeros(len(vectors), np.int64)
 
-    def to_json(self) -> dict:
+    def _json(self) -> dict:
         return {"kind": self.kind}
 
 
@@ -117,7 +126,7 @@ class HashPlan(PartitionPlan):
     def assign(self, attributes: pa.Table, vectors: np.ndarray) -> np.ndarray:
         return (id_hashes(attributes.column("id").combine_chunks()) % np.uint64(self.partitions)).astype(np.int64)
 
-    def to_json(self) -> dict:
+    def _json(self) -> dict:
         return {"kind": self.kind, "partitions": self.partitions}
 
 
@@ -176,7 +185,7 @@ class AttributePlan(PartitionPlan):
             raise ValueError(f"attribute:{self.column}: {int((out < 0).sum())} rows fit no partition")
         return out
 
-    def to_json(self) -> dict:
+    def _json(self) -> dict:
         return {"kind": self.kind, "column": self.column, "parts": [p.to_text() for p in self.parts]}
 
 
@@ -209,7 +218,7 @@ class KMeansPlan(PartitionPlan):
         nearest = kmeans.nearest(vectors[:n], self.centroids, self.probes)
         return [np.flatnonzero((nearest == ordinal).any(axis=1)) for ordinal in range(len(self.centroids))]
 
-    def to_json(self) -> dict:
+    def _json(self) -> dict:
         return {"kind": self.kind, "probes": self.probes, "centroids": self.centroids.tolist()}
 
 
@@ -240,8 +249,18 @@ def fit_plan(
 
     ``attributes`` (with ``id``) and ``vectors`` are the sampled rows; ``total_rows``
     the whole collection's size (default: the sample's). ``partitions`` sets the count
-    for hash and kmeans (default: enough for ``max_rows`` each).
+    for hash and kmeans (default: enough for ``max_rows`` each). With a ``workload``,
+    the plan also orders each shard's rows by the columns it filters on most.
     """
+    plan = _fit_kind(spec, attributes, vectors, workload, min_rows, max_rows, total_rows, partitions, seed)
+    if workload:
+        plan.row_order = layout.cluster_columns(workload, attributes.schema)
+    return plan
+
+
+def _fit_kind(spec: str, attributes: pa.Table, vectors: np.ndarray, workload: Sequence[str | None] | None,
+              min_rows: int, max_rows: int, total_rows: int | None, partitions: int | None,
+              seed: int) -> PartitionPlan:
     total_rows = total_rows or attributes.num_rows
     count = partitions or max(1, math.ceil(total_rows / max_rows))
     if spec == "workload":
@@ -263,6 +282,12 @@ def fit_plan(
 
 def plan_from_json(obj: dict | None) -> PartitionPlan:
     """The plan a manifest holds (a single partition when it holds none)."""
+    plan = _plan_from_json(obj)
+    plan.row_order = tuple(str(c) for c in (obj or {}).get("row_order", ()))
+    return plan
+
+
+def _plan_from_json(obj: dict | None) -> PartitionPlan:
     if obj is None:
         return SinglePlan()
     kind = obj.get("kind")

@@ -93,7 +93,7 @@ class QdTreePlan(PartitionPlan):
                 out[rows] = n["first"]
         return out
 
-    def to_json(self) -> dict:
+    def _json(self) -> dict:
         return {"kind": self.kind, "nodes": self.nodes}
 
     @classmethod

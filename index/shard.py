@@ -24,13 +24,13 @@ import math
 import os
 import re
 import tempfile
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from beamvec.index import exact, fs
+from beamvec.index import exact, fs, layout
 from beamvec.index.masks import MaskCache
 from beamvec.index.predicate import Predicate, parse
 
@@ -56,13 +56,19 @@ _CALIBRATION_FETCHES = (10, 128, 512)
 _CALIBRATION_MARGIN = 0.02
 # Unfiltered top-10 typically needs a few percent of the leaves: the first guess is 1/16 of them.
 _CALIBRATION_FIRST_GUESS = 16
-# Estimated cost of each strategy, in nanoseconds per query (measured on a 2-core AVX2 machine).
-_COST_DENSE_ROW = 6.0  # pre-filter over all rows: matrix product, mask, top-k
-_COST_GATHER_ROW = 6.0  # pre-filter over the gathered matching rows
-_COST_GATHER_GROUP = 300_000.0  # per predicate group gathered (copy and call overhead)
-_COST_SCANN_QUERY = 5_000.0  # post-filter: fixed cost of one ScaNN query
+# Predicates whose match count and run of rows a shard remembers.
+_EXTENT_CACHE = 100_000
+# Estimated cost of each strategy in nanoseconds, measured side by side on a 2-core AVX2
+# machine (one thread each); only their ratios matter.
+_COST_DENSE_ROW = 8.0  # exact scoring, per query and row of a product shared by many queries
+_COST_RUN_ROW = 40.0  # per row of a product, once: reading it (dominates for a few queries)
+_COST_RUN_CALL = 60_000.0  # per masked product (mask, top-k and call overhead)
+_COST_GATHER_ROW = 10.0  # pre-filter over the gathered matching rows, per query
+_COST_GATHER_COPY_ROW = 150.0  # copying a matching row out, once per predicate group
+_COST_GATHER_GROUP = 55_000.0  # per predicate group gathered (mask to rows, call overhead)
+_COST_SCANN_QUERY = 10_000.0  # post-filter: fixed cost of one ScaNN query
 _COST_AH_ROW = 2.0  # post-filter: asymmetric hashing with 16-entry lookup tables
-_COST_REORDER_ROW = 9.0  # post-filter: exact re-scoring of fetched candidates
+_COST_REORDER_ROW = 29.0  # post-filter: exact re-scoring of fetched candidates, and filtering them
 
 
 class ShardFormatError(ValueError):
@@ -205,7 +211,8 @@ class Shard:
     """One ScaNN searcher over rows with ids and attributes. Build with :meth:`build` or :meth:`load`."""
 
     def __init__(self, ids: pa.Array, attributes: pa.Table, vectors: np.ndarray, metric: str,
-                 config: ShardConfig, calibration: Calibration, searcher, scann_config: str):
+                 config: ShardConfig, calibration: Calibration, searcher, scann_config: str,
+                 row_order: tuple[str, ...] = ()):
         self.ids = ids
         self.attributes = attributes
         self.vectors = vectors
@@ -213,8 +220,10 @@ class Shard:
         self.config = config
         self.calibration = calibration
         self.scann_config = scann_config
+        self.row_order = row_order
         self._searcher = searcher
         self._masks = MaskCache(attributes)
+        self._extents: dict[Predicate, tuple[int, int, int]] = {}
 
     @property
     def num_rows(self) -> int:
@@ -234,9 +243,12 @@ class Shard:
         config: ShardConfig | str | None = None,
         recall_target: float = 0.95,
         seed: int = 0,
+        row_order: Sequence[str] = (),
     ) -> "Shard":
         """Build a shard over ``vectors`` (n, d) with their ``ids`` and ``attributes`` (n rows).
 
+        Rows are stored sorted by the ``row_order`` columns, then by id (see
+        :mod:`beamvec.index.layout`), whatever order they come in.
         ``config`` defaults to :meth:`ShardConfig.for_shape`. The leaves to search are
         calibrated so that unfiltered recall@10 on a sample of the rows reaches
         ``recall_target``; ``seed`` picks that sample. The same input gives the same shard.
@@ -253,14 +265,17 @@ class Shard:
             raise ValueError(f"{attributes.num_rows} attribute rows for {len(vectors)} vectors")
         if not np.isfinite(vectors).all():
             raise ValueError("vectors hold NaN or infinite values; validate items first (beamvec.index.schema)")
+        attributes = _with_ids(attributes, ids)
+        row_order = tuple(c for c in row_order if c in attributes.column_names and c != "id")
+        order = layout.row_order(ids, attributes, row_order)
+        ids, attributes, vectors = ids.take(order), attributes.take(order), vectors[order]
         prepared = exact.prepare(vectors, metric)
         config = ShardConfig.parse(config) if isinstance(config, str) else config
         config = config or ShardConfig.for_shape(*prepared.shape)
         scann_config = config.scann_config(prepared, metric)
         searcher = _scann().create_searcher(prepared, scann_config, 0)
-        attributes = _with_ids(attributes, ids)
         shard = cls(ids, attributes, prepared, metric, config, Calibration((), 1.0, recall_target, 0),
-                    searcher, scann_config)
+                    searcher, scann_config, row_order)
         if not config.brute_force:
             shard.calibration = shard._calibrate(recall_target, seed)
         return shard
@@ -310,14 +325,16 @@ class Shard:
         meets(sizes[0], table[0][1])  # measured unless the search stopped at all leaves
         return Calibration(tuple(table), recalls[sizes[0], table[0][1]], target, len(sample))
 
-    def _scann_search(self, queries: np.ndarray, fetch: int, leaves: int) -> tuple[np.ndarray, np.ndarray]:
-        """ScaNN top-``fetch`` (rows, keys), -1 / -inf where ScaNN found fewer."""
+    def _scann_search(self, queries: np.ndarray, fetch: int, leaves: int,
+                      parallel: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """ScaNN top-``fetch`` (rows, keys), -1 / -inf where ScaNN found fewer; ``parallel`` uses ScaNN's threads."""
         fetch = min(fetch, self.num_rows)
         pre = self._reorder_for(fetch)
         if self.config.brute_force:
             idx, dist = self._searcher.search_batched(queries, fetch)
         else:
-            idx, dist = self._searcher.search_batched_parallel(queries, fetch, pre, leaves, batch_size=256)
+            search = self._searcher.search_batched_parallel if parallel else self._searcher.search_batched
+            idx, dist = search(queries, fetch, pre, leaves)
         rows = np.asarray(idx, np.int64)
         keys = exact.keys_from_scores(np.asarray(dist, np.float32), self.metric)
         missing = np.isnan(keys)
@@ -328,6 +345,17 @@ class Shard:
     def mask(self, predicate: Predicate) -> np.ndarray | None:
         """The rows that satisfy ``predicate`` (None for no filter), cached."""
         return self._masks.mask(predicate)
+
+    def _group(self, predicate: Predicate, members: np.ndarray) -> "_Group":
+        """The queries ``members`` of ``predicate`` with its mask, match count and run (cached)."""
+        mask = self.mask(predicate)
+        extent = self._extents.get(predicate)
+        if extent is None:
+            extent = _extent(mask, self.num_rows)
+            if len(self._extents) >= _EXTENT_CACHE:
+                self._extents.pop(next(iter(self._extents)))
+            self._extents[predicate] = extent
+        return _Group(mask, members, *extent)
 
     def _post_cost(self, matches: int, k: int, params: SearchParams) -> tuple[float, int, int]:
         """(cost, fetch, leaves) of a post-filter search for a predicate with ``matches`` rows."""
@@ -369,65 +397,80 @@ class Shard:
         return self.search_groups(queries, k, groups, params)
 
     def search_groups(self, queries: np.ndarray, k: int, groups: dict[Predicate, np.ndarray],
-                      params: SearchParams | None = None) -> "ShardResult":
+                      params: SearchParams | None = None, parallel: bool = True) -> "ShardResult":
         """:meth:`search` for prepared, checked ``queries`` whose predicates are already grouped.
 
         ``groups`` maps each predicate (validated against this shard) to the positions
         of its queries; an index passes its own grouping so texts are parsed once.
+        ``parallel=False`` keeps ScaNN on the calling thread (for callers that search
+        several shards at once).
         """
         params = params or SearchParams()
         result = ShardResult.empty(len(queries), k)
-        pre: list[tuple[np.ndarray | None, np.ndarray, int]] = []
-        post: dict[tuple[int, int], list[tuple[np.ndarray | None, np.ndarray, int]]] = {}
+        pre: list[_Group] = []
+        post: dict[tuple[int, int], list[_Group]] = {}
         for p, members in groups.items():
-            mask = self.mask(p)
-            matches = self.num_rows if mask is None else int(np.count_nonzero(mask))
-            if matches == 0:
+            group = self._group(p, members)
+            if group.matches == 0:
                 continue
-            post_cost, fetch, leaves = self._post_cost(matches, k, params)
-            if self._pre_cost(matches, len(members)) <= params.prefilter_cost_ratio * post_cost:
-                pre.append((mask, members, matches))
+            post_cost, fetch, leaves = self._post_cost(group.matches, k, params)
+            if min(self._pre_costs(group)) <= params.prefilter_cost_ratio * post_cost:
+                pre.append(group)
             else:
-                post.setdefault((fetch, leaves), []).append((mask, members, matches))
+                post.setdefault((fetch, leaves), []).append(group)
         for (fetch, leaves), entries in post.items():
-            self._post_filter(queries, k, fetch, leaves, entries, result, pre)
+            self._post_filter(queries, k, fetch, leaves, entries, result, pre, parallel)
         self._pre_filter(queries, k, pre, result)
         return result
 
-    def _pre_cost(self, matches: int, queries: int) -> float:
-        """Per-query cost of exact scoring: the cheaper of masked over all rows and gathered rows."""
-        return min(self.num_rows * _COST_DENSE_ROW, matches * _COST_GATHER_ROW + _COST_GATHER_GROUP / queries)
+    def _pre_costs(self, group: "_Group") -> tuple[float, float]:
+        """Per-query cost of exact scoring: over the run of rows holding the group's matches
+        (alone, or at most as in a product shared by many queries), or over its gathered rows."""
+        m = len(group.members)
+        run = min(_run_cost(group.hi - group.lo, m) / m, self.num_rows * _COST_DENSE_ROW)
+        gathered = group.matches * (_COST_GATHER_ROW + _COST_GATHER_COPY_ROW / m) + _COST_GATHER_GROUP / m
+        return run, gathered
 
-    def _pre_filter(self, queries: np.ndarray, k: int, groups: list, result: "ShardResult") -> None:
-        """Exact scores: groups cheaper to gather score their own rows, the others share one masked product."""
-        dense, sparse = [], []
-        for mask, members, matches in groups:
-            gathered = mask is not None and self._pre_cost(matches, len(members)) < self.num_rows * _COST_DENSE_ROW
-            (sparse if gathered else dense).append((mask, members))
-        for mask, members in sparse:
-            rows = np.flatnonzero(mask)
-            result.rows[members], result.keys[members] = exact.search_rows(self.vectors, queries[members], k, self.metric, rows)
-            result.stats.rows_scored += len(members) * len(rows)
-        if dense:
-            members = np.concatenate([m for _, m in dense])
-            allowed = _MaskStack([mask for mask, _ in dense], [len(m) for _, m in dense], self.num_rows)
-            result.rows[members], result.keys[members] = exact.search_masked(
-                self.vectors, queries[members], k, self.metric, allowed.excluded)
-            result.stats.rows_scored += len(members) * self.num_rows
-        result.stats.prefiltered += sum(len(m) for _, m, _ in groups)
+    def _pre_filter(self, queries: np.ndarray, k: int, groups: list["_Group"], result: "ShardResult") -> None:
+        """Exact scores: each group over its gathered rows, or over the run of rows its matches
+        lie in (short when rows are laid out by the columns queries filter on, see
+        :mod:`beamvec.index.layout`); groups whose runs overlap share one masked product."""
+        runs = []
+        for g in groups:
+            run, gathered = self._pre_costs(g)
+            if g.mask is None or run <= gathered:
+                runs.append(g)
+                continue
+            rows = np.flatnonzero(g.mask)
+            result.rows[g.members], result.keys[g.members] = exact.search_rows(
+                self.vectors, queries[g.members], k, self.metric, rows)
+            result.stats.rows_scored += len(g.members) * len(rows)
+        for batch in _shared_runs(runs):
+            lo, hi = min(g.lo for g in batch), max(g.hi for g in batch)
+            batch.sort(key=lambda g: not g.whole_run)  # blocks of queries that need only their spans come first
+            members = np.concatenate([g.members for g in batch])
+            sizes = [len(g.members) for g in batch]
+            spans = np.repeat([(g.lo - lo, g.hi - lo) for g in batch], sizes, axis=0)
+            allowed = _MaskStack([None if g.whole_run else g.mask[lo:hi] for g in batch], sizes, hi - lo)
+            pos, keys = exact.search_masked(self.vectors[lo:hi], queries[members], k, self.metric,
+                                            allowed.excluded, spans)
+            result.rows[members], result.keys[members] = np.where(pos >= 0, pos + lo, -1), keys
+            result.stats.rows_scored += len(members) * (hi - lo)
+        result.stats.prefiltered += sum(len(g.members) for g in groups)
 
-    def _post_filter(self, queries, k, fetch, leaves, entries, result: "ShardResult", pre: list) -> None:
+    def _post_filter(self, queries, k, fetch, leaves, entries: list["_Group"], result: "ShardResult",
+                     pre: list["_Group"], parallel: bool) -> None:
         """One ScaNN call for all queries of a fetch size, filtered at once; short queries are queued for pre-filter."""
-        members = np.concatenate([m for _, m, _ in entries])
-        sizes = [len(m) for _, m, _ in entries]
-        rows, keys = self._scann_search(queries[members], max(fetch, k), leaves)
-        if any(mask is not None for mask, _, _ in entries):
-            allowed = _MaskStack([mask for mask, _, _ in entries], sizes, self.num_rows)
+        members = np.concatenate([g.members for g in entries])
+        sizes = [len(g.members) for g in entries]
+        rows, keys = self._scann_search(queries[members], max(fetch, k), leaves, parallel)
+        if any(g.mask is not None for g in entries):
+            allowed = _MaskStack([g.mask for g in entries], sizes, self.num_rows)
             keys = np.where((rows >= 0) & allowed.lookup(np.maximum(rows, 0)), keys, -np.inf)
         pos, best = exact.top_k(keys, k)
         got = np.take_along_axis(rows, np.maximum(pos, 0), axis=1)
         got[pos < 0] = -1
-        need = np.repeat([min(k, matches) for _, _, matches in entries], sizes)
+        need = np.repeat([min(k, g.matches) for g in entries], sizes)
         short = (got >= 0).sum(axis=1) < need
         done = ~short
         result.rows[members[done]], result.keys[members[done]] = got[done], best[done]
@@ -436,9 +479,9 @@ class Shard:
         if short.any():
             result.stats.fallbacks += int(short.sum())
             offsets = np.cumsum([0] + sizes)
-            for (mask, group, matches), start, stop in zip(entries, offsets[:-1], offsets[1:]):
+            for g, start, stop in zip(entries, offsets[:-1], offsets[1:]):
                 if short[start:stop].any():
-                    pre.append((mask, group[short[start:stop]], matches))
+                    pre.append(g._replace(members=g.members[short[start:stop]]))
 
     def _reorder_for(self, fetch: int) -> int:
         """Candidates re-scored exactly for a fetch size: the config's reorder per 10 results."""
@@ -469,7 +512,7 @@ class Shard:
             filesystem.upload(tmp, path)
 
     def header(self) -> dict:
-        """The JSON header: format, metric, dimension, rows, config and calibration."""
+        """The JSON header: format, metric, dimension, rows, config, calibration and row order."""
         return {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -479,6 +522,7 @@ class Shard:
             "spec": self.config.spec(),
             "calibration": self.calibration.to_json(),
             "scann_config": self.scann_config,
+            "row_order": list(self.row_order),
         }
 
     @classmethod
@@ -506,6 +550,7 @@ class Shard:
             try:
                 config = ShardConfig.parse(str(header.get("spec")))
                 calibration = Calibration.from_json(header["calibration"])
+                row_order = tuple(str(c) for c in header.get("row_order", ()))
             except (ValueError, KeyError, TypeError) as e:
                 raise ShardFormatError(f"{path}: bad header: {e}") from e
             vectors = np.load(os.path.join(local, DATASET), allow_pickle=False)
@@ -518,7 +563,7 @@ class Shard:
                 searcher = _scann().ScannSearcher(_scann().scann_pybind.ScannNumpy(local, f.read()))
         ids = attributes.column("id").combine_chunks()
         return cls(ids, attributes, vectors, header["metric"], config, calibration, searcher,
-                   str(header.get("scann_config", "")))
+                   str(header.get("scann_config", "")), row_order)
 
 
 @dataclasses.dataclass
@@ -534,6 +579,62 @@ class ShardResult:
         return cls(np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32), SearchStats())
 
 
+def _run_cost(rows: int, queries: int) -> float:
+    """Estimated cost of one masked product of ``queries`` queries over ``rows`` consecutive rows."""
+    return _COST_RUN_CALL + rows * (_COST_RUN_ROW + queries * _COST_DENSE_ROW)
+
+
+def _shared_runs(groups: list["_Group"]) -> list[list["_Group"]]:
+    """Groups batched into shared masked products. In order of where their runs start, a
+    group joins the open batch (one still overlapping it, or the newest) where one product
+    over the union saves most against two, or starts its own."""
+    done: list[list] = []
+    batches: list[list] = []  # open: [lo, hi, queries, groups]
+    for g in sorted(groups, key=lambda g: (g.lo, g.hi)):
+        m = len(g.members)
+        done += [b for b in batches[:-1] if b[1] <= g.lo]
+        batches = [b for b in batches[:-1] if b[1] > g.lo] + batches[-1:]
+        best, saved = None, 0.0
+        for b in batches:
+            union = max(b[1], g.hi) - min(b[0], g.lo)
+            gain = _run_cost(b[1] - b[0], b[2]) + _run_cost(g.hi - g.lo, m) - _run_cost(union, b[2] + m)
+            if gain >= saved:
+                best, saved = b, gain
+        if best is None:
+            batches.append([g.lo, g.hi, m, [g]])
+        else:
+            best[0], best[1], best[2] = min(best[0], g.lo), max(best[1], g.hi), best[2] + m
+            best[3].append(g)
+    return [b[3] for b in done + batches]
+
+
+class _Group(NamedTuple):
+    """Queries sharing a predicate: its row mask (None = all rows), their positions, how many
+    rows match, and the run ``lo:hi`` of rows the matches lie in."""
+
+    mask: np.ndarray | None
+    members: np.ndarray
+    matches: int
+    lo: int
+    hi: int
+
+    @property
+    def whole_run(self) -> bool:
+        """Whether every row of the run matches (the run alone says which rows are allowed)."""
+        return self.matches == self.hi - self.lo
+
+
+
+def _extent(mask: np.ndarray | None, n_rows: int) -> tuple[int, int, int]:
+    """(matching rows, first, one past the last) of a row mask (None = every row)."""
+    if mask is None:
+        return n_rows, 0, n_rows
+    matches = int(np.count_nonzero(mask))
+    if matches == 0:
+        return 0, 0, 0
+    return matches, int(np.argmax(mask)), n_rows - int(np.argmax(mask[::-1]))
+
+
 class _MaskStack:
     """The row masks of query groups, bit-packed (set bit = row excluded), looked up per query at once.
 
@@ -544,14 +645,17 @@ class _MaskStack:
         none = np.zeros((n_rows + 7) // 8, np.uint8)
         self._bits = np.stack([none if m is None else np.packbits(~m, bitorder="little") for m in masks])
         self._group = np.repeat(np.arange(len(masks)), sizes)
+        self._masked = np.repeat([m is not None for m in masks], sizes)
         self._n_rows = n_rows
 
     def lookup(self, rows: np.ndarray) -> np.ndarray:
         """For (queries, j) row positions, whether each query's mask allows the row."""
         return ((self._bits[self._group[:, None], rows >> 3] >> (rows & 7).astype(np.uint8)) & 1) == 0
 
-    def excluded(self, start: int, stop: int) -> np.ndarray:
-        """The (stop - start, n_rows) rows excluded for queries start..stop-1."""
+    def excluded(self, start: int, stop: int) -> np.ndarray | None:
+        """The (stop - start, n_rows) rows excluded for queries start..stop-1 (None: no row)."""
+        if not self._masked[start:stop].any():
+            return None
         return np.unpackbits(self._bits[self._group[start:stop]], axis=1, count=self._n_rows, bitorder="little").view(bool)
 
 

@@ -167,10 +167,11 @@ class _BuildShard(beam.DoFn):
             yield beam.pvalue.TaggedOutput(REJECTED, dead_letters(validated, f"partition {partition_id(ordinal)}"))
         if not validated.table.num_rows:
             return
+        plan = cached_plan(plan_json)
         shard = Shard.build(validated.table.column("id").combine_chunks(), validated.vectors,
                             validated.table.drop_columns([VECTOR]), metric=self.metric, config=self.config,
-                            recall_target=self.recall_target, seed=self.seed)
-        description = cached_plan(plan_json).descriptions()[ordinal]
+                            recall_target=self.recall_target, seed=self.seed, row_order=plan.row_order)
+        description = plan.descriptions()[ordinal]
         entry = write_shard(self.index_path, partition_id(ordinal), shard, description)
         self.indexed.inc(shard.num_rows)
         self.shards.inc()

@@ -89,10 +89,11 @@ def test_single_partition_int_ids_pad_with_minus_one(tmp_path):
     assert ids[1, 0] == 101 or ids[1, 0] == 100 + int(np.argmax(vectors @ vectors[1]))
 
 
-def test_reopened_index_gives_identical_results(partitioned, queries):
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_reopened_index_gives_identical_results_with_any_number_of_workers(partitioned, queries, workers):
     vectors, predicates = queries
-    a = Index.open(partitioned).search(vectors, predicates, 10)
-    b = Index.open(partitioned).search(vectors, predicates, 10)
+    a = Index.open(partitioned, workers=1).search(vectors, predicates, 10)
+    b = Index.open(partitioned, workers=workers).search(vectors, predicates, 10)
     assert (a[0] == b[0]).all()
     np.testing.assert_array_equal(a[1], b[1])
 

@@ -17,11 +17,26 @@ def test_compare_measures_every_method_and_writes_outputs(tmp_path):
     assert max(m.recall for m in rows if m.method == "beamvec workload") == 1.0
     # Recall grows with the effort each baseline is given.
     for method in ("faiss IVFFlat pre-filter", "beamvec kmeans"):
-        recalls = [m.recall for m in rows if m.method == method]
+        recalls = [m.recall for m in sorted(rows, key=lambda m: m.rows_scored) if m.method == method]
         assert recalls == sorted(recalls), method
     assert len(json.load(open(out + ".json"))) == len(rows)
-    assert open(out + ".md").read().count("\n") == len(rows) + 2
+    markdown = open(out + ".md").read()
+    assert markdown.count("\n") == len(rows) + 2 + 1 + 2 + len(methods)  # results, blank line, summary
+    assert "beamvec workload is faster by" in markdown
     assert open(out + ".png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_summary_compares_each_method_at_its_fastest_setting_that_reaches_the_target():
+    def m(method, setting, recall, selective, qps):
+        return compare.Measurement(method, setting, recall, selective, qps, 0.0, 0, 0.0)
+
+    rows = [m("beamvec workload", "a", 0.97, 0.96, 900.0), m("beamvec workload", "b", 0.99, 0.99, 600.0),
+            m("faiss", "n1", 0.99, 0.94, 500.0), m("faiss", "n2", 0.99, 0.96, 100.0), m("faiss", "n3", 1.0, 1.0, 50.0),
+            m("scann", "s1", 0.90, 0.80, 300.0), m("scann", "s2", 0.94, 0.93, 30.0)]
+    lines = compare.summary(rows).splitlines()[2:]
+    assert lines[0] == "| beamvec workload | a (0.9700 / 0.9600) | 900 |  |"
+    assert lines[1] == "| faiss | n2 (0.9900 / 0.9600) | 100 | 9.0x |"  # n1 misses the selective decile
+    assert lines[2] == "| scann | not reached; most accurate: s2 (0.9400 / 0.9300) | 30 | > 30.0x |"
 
 
 def test_scale_point_runs_each_job_in_its_own_process():
