@@ -13,6 +13,7 @@ bytes and rows scored per query. Written as JSON, Markdown and a PNG plot.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -44,6 +45,11 @@ class Measurement:
     build_seconds: float
     index_bytes: int
     rows_scored: float
+    # Runs the setting's whole query batch once more (for the interleaved head-to-head).
+    rerun: Callable[[], object] | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    def to_json(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "rerun"}
 
     def markdown(self) -> str:
         return (f"| {self.method} | {self.setting} | {self.recall:.4f} | {self.recall_selective:.4f} | {self.qps:,.0f} | "
@@ -91,14 +97,16 @@ def workbench(items: pa.Table, queries: pa.Table, workload: list[str | None], k:
         else [None] * checked.table.num_rows
     masks = {p: parse(p).evaluate(valid.table) if p else None for p in set(predicates)}
     matches = np.array([len(valid.vectors) if masks[p] is None else int(masks[p].sum()) for p in predicates])
-    seconds, (rows, _) = median_time(lambda: exact.search(valid.vectors, checked.vectors, k, "dot_product",
-                                                     [masks[p] for p in predicates]), 1)
+    def oracle_run():
+        return exact.search(valid.vectors, checked.vectors, k, "dot_product", [masks[p] for p in predicates])
+
+    seconds, (rows, _) = median_time(oracle_run, 1)
     ids = valid.table.column("id").to_numpy(zero_copy_only=False)
     truth = exact.ids_of_rows(ids, rows)
     bench = Workbench(ids, valid.vectors, valid.table.drop_columns(["vector"]), checked.vectors, predicates,
                       workload or predicates, masks, truth, matches <= np.quantile(matches, 0.1), k)
     oracle = Measurement("exact pre-filter", "numpy, grouped by predicate", 1.0, 1.0, len(predicates) / seconds,
-                         0.0, valid.vectors.nbytes, float(matches.mean()))
+                         0.0, valid.vectors.nbytes, float(matches.mean()), oracle_run)
     log(oracle.markdown())
     return bench, oracle
 
@@ -126,17 +134,25 @@ def beamvec_methods(bench: Workbench, attribute: str, partition_rows: tuple[int,
             else:
                 settings = [(f"leaves x{s}", None, SearchParams(leaves_scale=s)) for s in (0.5, 1.0, 2.0)]
             for label, probes, params in settings:
-                if probes is not None:
-                    index.plan.probes = probes
+                run = _index_run(index, bench, params, probes)
                 before = index.stats.rows_scored
-                seconds, (ids, _) = median_time(lambda: index.search(bench.queries, bench.predicates, bench.k, params), repeats)
+                seconds, (ids, _) = median_time(run, repeats)
                 recall, selective = bench.score(ids)
                 m = Measurement(f"beamvec {spec}", f"{plan.num_partitions} partitions, {label}", recall, selective,
                                 len(bench.queries) / seconds, build_seconds, _dir_bytes(path),
-                                (index.stats.rows_scored - before) / repeats / len(bench.queries))
+                                (index.stats.rows_scored - before) / repeats / len(bench.queries), run)
                 log(m.markdown())
                 out.append(m)
     return out
+
+
+def _index_run(index: Index, bench: Workbench, params: SearchParams, probes: int | None) -> Callable[[], object]:
+    """One search of the whole batch at one setting (its shards stay loaded after the first)."""
+    def run():
+        if probes is not None:
+            index.plan.probes = probes
+        return index.search(bench.queries, bench.predicates, bench.k, params)
+    return run
 
 
 def global_scann(vectors: np.ndarray):
@@ -172,7 +188,7 @@ def scann_post_filter(bench: Workbench, repeats: int, log) -> list[Measurement]:
             fetch = min(n, 1 << max(0, math.ceil(math.log2(max(1, overfetch * bench.k * n / max(1, matches[p]))))))
             groups.setdefault(fetch, []).append(i)
 
-        def run():
+        def run(groups=groups, leaves=leaves):
             ids = bench.no_ids()
             for fetch, members in groups.items():
                 rows, _ = searcher.search_batched_parallel(bench.queries[members], fetch, min(n, max(100, 10 * fetch)),
@@ -187,7 +203,7 @@ def scann_post_filter(bench: Workbench, repeats: int, log) -> list[Measurement]:
         recall, selective = bench.score(ids)
         scanned = np.mean([leaves * n / num_leaves + min(n, max(100, 10 * f)) for f, m in groups.items() for _ in m])
         m = Measurement("ScaNN global post-filter", f"{num_leaves} leaves, search {leaves}, over-fetch {overfetch}x",
-                        recall, selective, len(bench.queries) / seconds, build_seconds, size, float(scanned))
+                        recall, selective, len(bench.queries) / seconds, build_seconds, size, float(scanned), run)
         log(m.markdown())
         out.append(m)
     return out
@@ -242,7 +258,8 @@ def faiss_pre_filter(bench: Workbench, repeats: int, log, nprobes: Sequence[int]
         seconds, ids = median_time(lambda: run(nprobe), repeats)
         recall, selective = bench.score(ids)
         m = Measurement("faiss IVFFlat pre-filter", f"nlist {nlist}, nprobe {nprobe}{label}", recall, selective,
-                        len(bench.queries) / seconds, build_seconds, size, nprobe * n / nlist)
+                        len(bench.queries) / seconds, build_seconds, size, nprobe * n / nlist,
+                        functools.partial(run, nprobe))
         log(m.markdown())
         return m
 
@@ -258,31 +275,49 @@ def faiss_pre_filter(bench: Workbench, repeats: int, log, nprobes: Sequence[int]
     return out
 
 
-SUMMARY_HEADER = ("| method | fastest setting with recall@10 >= {t} (mean and most selective 10%) | queries/s | "
-                  "beamvec workload is faster by |\n|---|---|---|---|")
+SUMMARY_HEADER = ("| method | fastest setting with recall@10 >= {t} (mean and most selective 10%) | queries/s, "
+                  "interleaved | beamvec workload is faster by |\n|---|---|---|---|")
 
 
-def summary(measurements: Sequence[Measurement], target: float = 0.95, ours: str = "beamvec workload") -> str:
-    """Markdown: per method, its fastest setting that reaches ``target`` recall on average and over
-    the most selective decile, and how many times faster ``ours`` is at its own such setting.
-    A method that never reaches it is shown with its most accurate setting, and the ratio
-    as a lower bound (reaching the target would only slow it down)."""
-    def reaches(m: Measurement) -> bool:
-        return m.recall >= target and m.recall_selective >= target
+def fastest_reaching(measurements: Sequence[Measurement], target: float = 0.95) -> dict[str, tuple[Measurement, bool]]:
+    """Per method, its fastest setting with recall >= ``target`` on average and over the most
+    selective decile, with True; or, when none does, its most accurate setting, with False."""
+    out = {}
+    for method in dict.fromkeys(m.method for m in measurements):
+        mine = [m for m in measurements if m.method == method]
+        reaching = [m for m in mine if m.recall >= target and m.recall_selective >= target]
+        out[method] = ((max(reaching, key=lambda m: m.qps), True) if reaching
+                       else (max(mine, key=lambda m: (min(m.recall, m.recall_selective), m.qps)), False))
+    return out
 
-    methods = list(dict.fromkeys(m.method for m in measurements))
-    best = {method: max((m for m in measurements if m.method == method and reaches(m)), key=lambda m: m.qps,
-                        default=None) for method in methods}
+
+def head_to_head(chosen: dict[str, tuple[Measurement, bool]], num_queries: int, rounds: int, log) -> dict[str, float]:
+    """Queries/second of each chosen setting, re-run in turn ``rounds`` times (median): on a
+    shared machine whose speed drifts over minutes, methods measured minutes apart are not
+    compared fairly, interleaved runs are."""
+    seconds: dict[str, list[float]] = {method: [] for method, (m, _) in chosen.items() if m.rerun is not None}
+    for r in range(rounds):
+        log(f"head-to-head round {r + 1}/{rounds}")
+        for method in seconds:
+            start = time.perf_counter()
+            chosen[method][0].rerun()
+            seconds[method].append(time.perf_counter() - start)
+    return {method: num_queries / float(np.median(ts)) for method, ts in seconds.items()}
+
+
+def summary(chosen: dict[str, tuple[Measurement, bool]], qps: dict[str, float], target: float = 0.95,
+            ours: str = "beamvec workload") -> str:
+    """Markdown: per method, its chosen setting (see :func:`fastest_reaching`), its interleaved
+    queries/second, and how many times faster ``ours`` is. For a method that never reaches the
+    target the ratio is a lower bound: reaching it would only slow the method down."""
     lines = [SUMMARY_HEADER.format(t=target)]
-    for method in methods:
-        m = best[method]
-        if m is None:
-            m = max((x for x in measurements if x.method == method), key=lambda x: (min(x.recall, x.recall_selective), x.qps))
-            setting, bound = f"not reached; most accurate: {m.setting} ({m.recall:.4f} / {m.recall_selective:.4f})", "> "
-        else:
-            setting, bound = f"{m.setting} ({m.recall:.4f} / {m.recall_selective:.4f})", ""
-        ratio = "" if best.get(ours) is None or method == ours else f"{bound}{best[ours].qps / m.qps:.1f}x"
-        lines.append(f"| {method} | {setting} | {m.qps:,.0f} | {ratio} |")
+    for method, (m, reached) in chosen.items():
+        accuracy = f"({m.recall:.4f} / {m.recall_selective:.4f})"
+        setting = f"{m.setting} {accuracy}" if reached else f"not reached; most accurate: {m.setting} {accuracy}"
+        ratio = ""
+        if method != ours and ours in qps and chosen[ours][1] and method in qps:
+            ratio = f"{'' if reached else '> '}{qps[ours] / qps[method]:.1f}x"
+        lines.append(f"| {method} | {setting} | {qps.get(method, m.qps):,.0f} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -334,10 +369,14 @@ def run(output: str, items_path: str | None = None, queries_path: str | None = N
     measurements += beamvec_methods(bench, attribute, partition_rows, repeats, log)
     measurements += scann_post_filter(bench, repeats, log)
     measurements += faiss_pre_filter(bench, repeats, log)
-    table = summary(measurements)
+    chosen = fastest_reaching(measurements)
+    qps = head_to_head(chosen, len(bench.queries), repeats, log)
+    table = summary(chosen, qps)
     log(table)
     with open(f"{output}.json", "w") as f:
-        json.dump([dataclasses.asdict(m) for m in measurements], f, indent=2)
+        json.dump({"measurements": [m.to_json() for m in measurements],
+                   "head_to_head": [{"method": method, "setting": m.setting, "reaches_target": reached,
+                                     "qps": qps.get(method)} for method, (m, reached) in chosen.items()]}, f, indent=2)
     with open(f"{output}.md", "w") as f:
         f.write(HEADER + "\n" + "\n".join(m.markdown() for m in measurements) + "\n\n" + table + "\n")
     plot(measurements, f"{output}.png")

@@ -101,7 +101,10 @@ def run(num_items: int = 50_000, num_queries: int = 5_000, dimension: int = 64, 
     truth, _ = exact.search(valid.vectors, vectors, k, "dot_product", [masks[p] for p in predicates])
     oracle_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    index.search(vectors, predicates, k)
+    index.search(vectors, predicates, k)  # loads and checks the shards, computes the predicate masks
+    cold_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    index.search(vectors, predicates, k)  # masks cached, as the oracle's above were computed before its clock
     search_seconds = time.perf_counter() - start
     id_column = valid.table.column("id").to_numpy()
     recall = _recall(results, truth, id_column, queries.column("query_id").to_pylist())
@@ -111,8 +114,9 @@ def run(num_items: int = 50_000, num_queries: int = 5_000, dimension: int = 64, 
     matching = np.mean([num_items if masks[p] is None else masks[p].sum() for p in predicates])
     log(f"recall@{k} vs exact: {recall:.4f}; rows scanned per query {scanned:,.0f} (matching rows {matching:,.0f}, "
         f"all rows {num_items:,})")
-    log(f"in-process Index.search {num_queries / search_seconds:,.0f} queries/s, exact oracle "
-        f"{num_queries / oracle_seconds:,.0f} queries/s")
+    log(f"in-process Index.search {num_queries / search_seconds:,.0f} queries/s (first search, loading shards "
+        f"and computing masks: {num_queries / cold_seconds:,.0f}), exact oracle {num_queries / oracle_seconds:,.0f} "
+        f"queries/s")
 
     sample = items.take(pa.array(np.arange(0, num_items, max(1, num_items // 2000))))
     pq.write_table(sample, f"{work}/sample.parquet")

@@ -19,7 +19,9 @@ def test_compare_measures_every_method_and_writes_outputs(tmp_path):
     for method in ("faiss IVFFlat pre-filter", "beamvec kmeans"):
         recalls = [m.recall for m in sorted(rows, key=lambda m: m.rows_scored) if m.method == method]
         assert recalls == sorted(recalls), method
-    assert len(json.load(open(out + ".json"))) == len(rows)
+    written = json.load(open(out + ".json"))
+    assert len(written["measurements"]) == len(rows)
+    assert {h["method"] for h in written["head_to_head"]} == methods and all(h["qps"] > 0 for h in written["head_to_head"])
     markdown = open(out + ".md").read()
     assert markdown.count("\n") == len(rows) + 2 + 1 + 2 + len(methods)  # results, blank line, summary
     assert "beamvec workload is faster by" in markdown
@@ -33,10 +35,22 @@ def test_summary_compares_each_method_at_its_fastest_setting_that_reaches_the_ta
     rows = [m("beamvec workload", "a", 0.97, 0.96, 900.0), m("beamvec workload", "b", 0.99, 0.99, 600.0),
             m("faiss", "n1", 0.99, 0.94, 500.0), m("faiss", "n2", 0.99, 0.96, 100.0), m("faiss", "n3", 1.0, 1.0, 50.0),
             m("scann", "s1", 0.90, 0.80, 300.0), m("scann", "s2", 0.94, 0.93, 30.0)]
-    lines = compare.summary(rows).splitlines()[2:]
-    assert lines[0] == "| beamvec workload | a (0.9700 / 0.9600) | 900 |  |"
-    assert lines[1] == "| faiss | n2 (0.9900 / 0.9600) | 100 | 9.0x |"  # n1 misses the selective decile
-    assert lines[2] == "| scann | not reached; most accurate: s2 (0.9400 / 0.9300) | 30 | > 30.0x |"
+    chosen = compare.fastest_reaching(rows)
+    assert {method: (c.setting, reached) for method, (c, reached) in chosen.items()} == {
+        "beamvec workload": ("a", True), "faiss": ("n2", True), "scann": ("s2", False)}  # n1 misses the decile
+    # The ratios use the interleaved figures, not the sweep's.
+    lines = compare.summary(chosen, {"beamvec workload": 1000.0, "faiss": 125.0, "scann": 20.0}).splitlines()[2:]
+    assert lines == ["| beamvec workload | a (0.9700 / 0.9600) | 1,000 |  |",
+                     "| faiss | n2 (0.9900 / 0.9600) | 125 | 8.0x |",
+                     "| scann | not reached; most accurate: s2 (0.9400 / 0.9300) | 20 | > 50.0x |"]
+
+
+def test_head_to_head_reruns_each_chosen_setting_in_turn():
+    calls = []
+    rows = [compare.Measurement(name, "s", 1.0, 1.0, 1.0, 0.0, 0, 0.0, lambda name=name: calls.append(name))
+            for name in ("x", "y")]
+    qps = compare.head_to_head(compare.fastest_reaching(rows), 100, 3, log=lambda line: None)
+    assert calls == ["x", "y"] * 3 and set(qps) == {"x", "y"} and all(v > 0 for v in qps.values())
 
 
 def test_scale_point_runs_each_job_in_its_own_process():
