@@ -4,8 +4,11 @@ Build once (``Shard.build``), save as a directory (``save``), load anywhere
 (``Shard.load``), answer batches of filtered queries (``search``). Each query of a
 batch gets the strategy its predicate's selectivity calls for:
 
-* pre-filter: exact scores of only the matching rows; the queries that share a
-  predicate are scored with one matrix product (HQI's multi-query optimisation);
+* pre-filter: exact scores of only the rows a query may return. Rows are stored
+  sorted by the workload's filter columns (:mod:`beamvec.index.layout`), so a
+  predicate's matches mostly form one run: groups of queries score their run (a
+  slice), groups with overlapping runs share one masked matrix product (HQI's
+  multi-query optimisation), and very selective groups score their gathered rows;
 * post-filter: ScaNN over all rows with an over-fetch sized from the selectivity,
   then the filter; one ``search_batched`` call per fetch size. A query left with
   fewer than min(k, matching rows) results falls back to pre-filter, so every query
