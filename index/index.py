@@ -100,7 +100,7 @@ class Index:
         self.path = path
         self.manifest = manifest
         self.verify = verify
-        self.workers = workers or len(os.sched_getaffinity(0))
+        self.workers = workers or _usable_cpus()
         self.stats = SearchStats()
         self.partitions_searched = 0
         self._shards: dict[str, Shard] = {}
@@ -203,6 +203,11 @@ class Index:
             rows = handles[where] % _ROW_SPACE
             out[where] = np.asarray(self.shard(int(o)).ids.take(pa.array(rows)).to_numpy(zero_copy_only=False))
         return out
+
+
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (all of them where the OS cannot say)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _local_groups(distinct: list[Predicate], group_of: np.ndarray) -> dict[Predicate, np.ndarray]:

@@ -49,6 +49,6 @@ def cluster_columns(workload: Sequence[str | None], schema: pa.Schema) -> tuple[
 
 def row_order(ids: pa.Array, attributes: pa.Table, columns: Sequence[str]) -> np.ndarray:
     """Row positions sorted by ``columns`` (ascending, nulls last), then by id."""
-    keys = {f"c{i}": attributes.column(c) for i, c in enumerate(columns) if c in attributes.column_names}
+    keys = {f"c{i}": attributes.column(c) for i, c in enumerate(columns)}
     table = pa.table({**keys, "id": ids})
     return pc.sort_indices(table, sort_keys=[(name, "ascending", "at_end") for name in table.column_names]).to_numpy()
