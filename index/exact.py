@@ -104,8 +104,10 @@ def _top_k_row(row: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if len(candidates) > _SORT_COLUMNS:
         values = row[candidates]
         candidates = np.sort(candidates[np.argpartition(values, len(values) - k)[len(values) - k:]])
+    if len(candidates) == 0:
+        return np.full(k, -1, np.int64), np.full(k, -np.inf, np.float32)
     pos, best = _top_k_sorted(row[candidates][None], k)
-    return np.where(pos[0] >= 0, candidates[np.maximum(pos[0], 0)] if len(candidates) else -1, -1), best[0]
+    return np.where(pos[0] >= 0, candidates[np.maximum(pos[0], 0)], -1), best[0]
 
 
 def _top_k_select(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

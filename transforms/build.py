@@ -159,7 +159,8 @@ class _BuildShard(beam.DoFn):
     def process(self, element, plan_json: dict):
         ordinal, tables = element
         table = pa.concat_tables(list(tables), promote_options="permissive")
-        # Rows arrive in any order: sort by id so every runner builds the same shard.
+        # Rows arrive in any order: sort by id so every runner keeps the same copy of a repeated
+        # id (Shard.build then lays the rows out by the plan's row order).
         table = table.take(pc.sort_indices(table, [(ID, "ascending")]))
         validated = validate_items(table)  # catches an id repeated across input blocks
         if validated.rejections:
