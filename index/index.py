@@ -25,6 +25,8 @@ from beamvec.index.shard import SearchParams, SearchStats, Shard, group_predicat
 
 # Handles in merged results: partition ordinal * _ROW_SPACE + row.
 _ROW_SPACE = 1 << 40
+# Predicates an index remembers as checked against its columns.
+_VALIDATED_CACHE = 100_000
 
 
 def write_shard(index_path: str, partition_id: str, shard: Shard, description: Predicate = MATCH_ALL) -> PartitionEntry:
@@ -106,6 +108,7 @@ class Index:
         self._shards: dict[str, Shard] = {}
         self.plan = plan_from_json(manifest.plan)
         self._entry = {p.id: i for i, p in enumerate(manifest.partitions)}
+        self._validated: set[Predicate] = set()
 
     @classmethod
     def open(cls, path: str, verify: bool = True, workers: int | None = None) -> "Index":
@@ -167,9 +170,13 @@ class Index:
             ordinal = self._entry.get(partition_id(part))
             if len(members) and ordinal is not None:
                 tasks.append((ordinal, members, self.shard(ordinal)))
-        if tasks:  # every shard of an index has the same columns: check once
+        if tasks:  # every shard of an index has the same columns: check each predicate once
             for p in distinct:
-                p.validate(tasks[0][2].attributes.schema)
+                if p not in self._validated:
+                    p.validate(tasks[0][2].attributes.schema)
+                    if len(self._validated) >= _VALIDATED_CACHE:
+                        self._validated.clear()
+                    self._validated.add(p)
 
         def search_shard(task):
             _, members, shard = task

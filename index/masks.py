@@ -26,6 +26,7 @@ class MaskCache:
         self._capacity = max(16, budget // max(1, 2 * table.num_rows))
         self._atoms: dict[Predicate, tuple[np.ndarray, np.ndarray]] = {}
         self._masks: dict[Predicate, np.ndarray] = {}
+        self._excluded: dict[Predicate, np.ndarray] = {}
 
     def mask(self, predicate: Predicate) -> np.ndarray | None:
         """The rows where ``predicate`` is true; None when it is MATCH_ALL."""
@@ -36,6 +37,16 @@ class MaskCache:
             mask = self._true_false(predicate)[0]
             _put(self._masks, predicate, mask, self._capacity)
         return mask
+
+    def excluded_bits(self, predicate: Predicate) -> np.ndarray | None:
+        """The rows where ``predicate`` is not true, as little-endian packed bits (set = excluded); None for MATCH_ALL."""
+        if isinstance(predicate, MatchAll):
+            return None
+        bits = self._excluded.get(predicate)
+        if bits is None:
+            bits = np.packbits(~self.mask(predicate), bitorder="little")
+            _put(self._excluded, predicate, bits, self._capacity)
+        return bits
 
     def _true_false(self, p: Predicate) -> tuple[np.ndarray, np.ndarray]:
         if isinstance(p, Not):

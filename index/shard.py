@@ -358,7 +358,7 @@ class Shard:
             if len(self._extents) >= _EXTENT_CACHE:
                 self._extents.pop(next(iter(self._extents)))
             self._extents[predicate] = extent
-        return _Group(mask, members, *extent)
+        return _Group(predicate, mask, members, *extent)
 
     def _post_cost(self, matches: int, k: int, params: SearchParams) -> tuple[float, int, int]:
         """(cost, fetch, leaves) of a post-filter search for a predicate with ``matches`` rows."""
@@ -449,12 +449,14 @@ class Shard:
                 self.vectors, queries[g.members], k, self.metric, rows)
             result.stats.rows_scored += len(g.members) * len(rows)
         for batch in _shared_runs(runs):
-            lo, hi = min(g.lo for g in batch), max(g.hi for g in batch)
+            # From a whole byte of the packed masks; rows before a group's run never match it.
+            lo, hi = min(g.lo for g in batch) // 8 * 8, max(g.hi for g in batch)
             batch.sort(key=lambda g: not g.whole_run)  # blocks of queries that need only their spans come first
             members = np.concatenate([g.members for g in batch])
             sizes = [len(g.members) for g in batch]
             spans = np.repeat([(g.lo - lo, g.hi - lo) for g in batch], sizes, axis=0)
-            allowed = _MaskStack([None if g.whole_run else g.mask[lo:hi] for g in batch], sizes, hi - lo)
+            allowed = _MaskStack([None if g.whole_run else self._masks.excluded_bits(g.predicate)[lo // 8:]
+                                  for g in batch], sizes, hi - lo)
             pos, keys = exact.search_masked(self.vectors[lo:hi], queries[members], k, self.metric,
                                             allowed.excluded, spans)
             result.rows[members], result.keys[members] = np.where(pos >= 0, pos + lo, -1), keys
@@ -468,7 +470,7 @@ class Shard:
         sizes = [len(g.members) for g in entries]
         rows, keys = self._scann_search(queries[members], max(fetch, k), leaves, parallel)
         if any(g.mask is not None for g in entries):
-            allowed = _MaskStack([g.mask for g in entries], sizes, self.num_rows)
+            allowed = _MaskStack([self._masks.excluded_bits(g.predicate) for g in entries], sizes, self.num_rows)
             keys = np.where((rows >= 0) & allowed.lookup(np.maximum(rows, 0)), keys, -np.inf)
         pos, best = exact.top_k(keys, k)
         got = np.take_along_axis(rows, np.maximum(pos, 0), axis=1)
@@ -612,9 +614,10 @@ def _shared_runs(groups: list["_Group"]) -> list[list["_Group"]]:
 
 
 class _Group(NamedTuple):
-    """Queries sharing a predicate: its row mask (None = all rows), their positions, how many
-    rows match, and the run ``lo:hi`` of rows the matches lie in."""
+    """Queries sharing a predicate: the predicate, its row mask (None = all rows), their positions,
+    how many rows match, and the run ``lo:hi`` of rows the matches lie in."""
 
+    predicate: Predicate
     mask: np.ndarray | None
     members: np.ndarray
     matches: int
@@ -639,16 +642,18 @@ def _extent(mask: np.ndarray | None, n_rows: int) -> tuple[int, int, int]:
 
 
 class _MaskStack:
-    """The row masks of query groups, bit-packed (set bit = row excluded), looked up per query at once.
+    """The row masks of query groups, as packed bits (set bit = row excluded), looked up per query at once.
 
-    ``masks[g]`` (None = every row) applies to the next ``sizes[g]`` queries, in order.
+    ``bits[g]`` (None = every row allowed; see :meth:`MaskCache.excluded_bits`, at least
+    ``n_rows`` bits) applies to the next ``sizes[g]`` queries, in order.
     """
 
-    def __init__(self, masks: Sequence[np.ndarray | None], sizes: Sequence[int], n_rows: int):
-        none = np.zeros((n_rows + 7) // 8, np.uint8)
-        self._bits = np.stack([none if m is None else np.packbits(~m, bitorder="little") for m in masks])
-        self._group = np.repeat(np.arange(len(masks)), sizes)
-        self._masked = np.repeat([m is not None for m in masks], sizes)
+    def __init__(self, bits: Sequence[np.ndarray | None], sizes: Sequence[int], n_rows: int):
+        width = (n_rows + 7) // 8
+        none = np.zeros(width, np.uint8)
+        self._bits = np.stack([none if b is None else b[:width] for b in bits])
+        self._group = np.repeat(np.arange(len(bits)), sizes)
+        self._masked = np.repeat([b is not None for b in bits], sizes)
         self._n_rows = n_rows
 
     def lookup(self, rows: np.ndarray) -> np.ndarray:

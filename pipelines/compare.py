@@ -1,6 +1,7 @@
 """`beamvec bench --suite compare`: beamvec beside what users would pick instead, in one run.
 
-Methods, each on the same queries and swept over a few settings:
+Methods, each on the same queries and swept over a few settings, then bisected to
+the lowest setting reaching the target recall (:func:`lowest_reaching`):
 beamvec with the workload-aware, hash, attribute and kmeans partitioners; one
 global ScaNN index with post-filtering (over-fetch, then filter); faiss
 IndexIVFFlat with pre-filtering (queries grouped by predicate, one
@@ -19,7 +20,7 @@ import math
 import os
 import tempfile
 import time
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +32,10 @@ from beamvec.index.predicate import parse
 from beamvec.index.schema import PREDICATE, validate_items, validate_queries
 from beamvec.index.shard import SearchParams
 from beamvec.pipelines.bench import median_time
+
+T = TypeVar("T")
+# Leaves scales beamvec is swept over (the calibrated leaves times these).
+LEAVES_SCALES = (0.5, 1.0, 2.0)
 
 
 @dataclasses.dataclass
@@ -112,7 +117,10 @@ def workbench(items: pa.Table, queries: pa.Table, workload: list[str | None], k:
 
 
 def beamvec_methods(bench: Workbench, attribute: str, partition_rows: tuple[int, int], repeats: int, log,
-                    sample_rows: int = 50_000) -> list[Measurement]:
+                    sample_rows: int = 50_000, target: float = 0.95) -> list[Measurement]:
+    """beamvec with each partitioner, swept over the leaves searched (kmeans: over the partitions
+    probed). As for the peers, the lowest setting reaching ``target`` recall is then
+    searched for by bisection (see :func:`lowest_reaching`)."""
     out = []
     n = len(bench.vectors)
     sample = np.sort(np.random.default_rng(0).choice(n, min(sample_rows, n), replace=False))
@@ -127,13 +135,17 @@ def beamvec_methods(bench: Workbench, attribute: str, partition_rows: tuple[int,
             build_seconds = time.perf_counter() - start
             index = Index.open(path)
             index.search(bench.queries[:200], bench.predicates[:200], bench.k)  # load shards
-            if spec == "kmeans":
-                probes = plan.num_partitions
-                settings = [(f"probes {p}/{probes}", p, SearchParams()) for p in
-                            sorted({max(1, probes // 8), max(1, probes // 4), max(1, probes // 2)})]
-            else:
-                settings = [(f"leaves x{s}", None, SearchParams(leaves_scale=s)) for s in (0.5, 1.0, 2.0)]
-            for label, probes, params in settings:
+            if spec == "kmeans":  # the knob is the partitions probed; all of them is exhaustive
+                total = plan.num_partitions
+                knobs = sorted({max(1, total // 8), max(1, total // 4), max(1, total // 2), total})
+                setting = lambda probes: (f"probes {probes}/{total}", probes, SearchParams())
+                midpoint = lambda low, high: (low + high) // 2 if high - low > 1 else None
+            else:  # the knob scales the leaves each shard searches
+                knobs = LEAVES_SCALES
+                setting = lambda scale: (f"leaves x{scale}", None, SearchParams(leaves_scale=scale))
+                midpoint = lambda low, high: round((low + high) / 2, 4) if high > low * 1.0625 else None
+
+            def measure(label: str, probes: int | None, params: SearchParams) -> Measurement:
                 run = _index_run(index, bench, params, probes)
                 before = index.stats.rows_scored
                 seconds, (ids, _) = median_time(run, repeats)
@@ -142,7 +154,21 @@ def beamvec_methods(bench: Workbench, attribute: str, partition_rows: tuple[int,
                                 len(bench.queries) / seconds, build_seconds, _dir_bytes(path),
                                 (index.stats.rows_scored - before) / repeats / len(bench.queries), run)
                 log(m.markdown())
-                out.append(m)
+                return m
+
+            def reaches(knob) -> bool:
+                _, probes, params = setting(knob)
+                ids, _ = _index_run(index, bench, params, probes)()
+                return min(bench.score(ids)) >= target
+
+            mine = [measure(*setting(knob)) for knob in knobs]
+            first = _first_reaching(mine, target)
+            if first:
+                knob = lowest_reaching(reaches, knobs[first - 1], knobs[first], midpoint)
+                if knob != knobs[first]:
+                    label, probes, params = setting(knob)
+                    mine.append(measure(f"{label} (lowest reaching {target})", probes, params))
+            out += mine
     return out
 
 
@@ -166,11 +192,12 @@ def global_scann(vectors: np.ndarray):
             .score_ah(2, anisotropic_quantization_threshold=0.2).reorder(100).build()), leaves
 
 
-def scann_post_filter(bench: Workbench, repeats: int, log) -> list[Measurement]:
+def scann_post_filter(bench: Workbench, repeats: int, log, target: float = 0.95) -> list[Measurement]:
     """One global ScaNN index; each query fetches overfetch * k / selectivity candidates, then filters.
 
     Swept over the over-fetch and the leaves searched, up to settings that reach
-    high recall, so the peer is compared at its best.
+    high recall; then, at the first over-fetch reaching ``target``, the fewest leaves
+    that still reach it are searched for, so the peer is compared at its best.
     """
     n = len(bench.vectors)
     start = time.perf_counter()
@@ -180,32 +207,49 @@ def scann_post_filter(bench: Workbench, repeats: int, log) -> list[Measurement]:
         searcher.serialize(tmp, relative_path=True)
         size = _dir_bytes(tmp)
     matches = {p: n if m is None else int(m.sum()) for p, m in bench.masks.items()}
-    out = []
-    for overfetch, leaves in ((2, num_leaves // 16), (8, num_leaves // 8), (32, num_leaves // 4), (64, num_leaves // 2)):
-        leaves = max(1, leaves)
+
+    @functools.cache
+    def fetch_groups(overfetch: int) -> dict[int, list[int]]:
         groups: dict[int, list[int]] = {}
         for i, p in enumerate(bench.predicates):
             fetch = min(n, 1 << max(0, math.ceil(math.log2(max(1, overfetch * bench.k * n / max(1, matches[p]))))))
             groups.setdefault(fetch, []).append(i)
+        return groups
 
-        def run(groups=groups, leaves=leaves):
-            ids = bench.no_ids()
-            for fetch, members in groups.items():
-                rows, _ = searcher.search_batched_parallel(bench.queries[members], fetch, min(n, max(100, 10 * fetch)),
-                                                           leaves)
-                for row, q in zip(rows, members):
-                    mask = bench.masks[bench.predicates[q]]
-                    kept = row[row >= 0]
-                    kept = (kept if mask is None else kept[mask[kept]])[: bench.k]
-                    ids[q, : len(kept)] = bench.ids[kept]
-            return ids
-        seconds, ids = median_time(run, repeats)
+    def run(overfetch: int, leaves: int) -> np.ndarray:
+        ids = bench.no_ids()
+        for fetch, members in fetch_groups(overfetch).items():
+            rows, _ = searcher.search_batched_parallel(bench.queries[members], fetch, min(n, max(100, 10 * fetch)),
+                                                       leaves)
+            for row, q in zip(rows, members):
+                mask = bench.masks[bench.predicates[q]]
+                kept = row[row >= 0]
+                kept = (kept if mask is None else kept[mask[kept]])[: bench.k]
+                ids[q, : len(kept)] = bench.ids[kept]
+        return ids
+
+    def measure(overfetch: int, leaves: int, label: str = "") -> Measurement:
+        seconds, ids = median_time(lambda: run(overfetch, leaves), repeats)
         recall, selective = bench.score(ids)
-        scanned = np.mean([leaves * n / num_leaves + min(n, max(100, 10 * f)) for f, m in groups.items() for _ in m])
-        m = Measurement("ScaNN global post-filter", f"{num_leaves} leaves, search {leaves}, over-fetch {overfetch}x",
-                        recall, selective, len(bench.queries) / seconds, build_seconds, size, float(scanned), run)
+        scanned = np.mean([leaves * n / num_leaves + min(n, max(100, 10 * f))
+                           for f, m in fetch_groups(overfetch).items() for _ in m])
+        m = Measurement("ScaNN global post-filter",
+                        f"{num_leaves} leaves, search {leaves}, over-fetch {overfetch}x{label}", recall, selective,
+                        len(bench.queries) / seconds, build_seconds, size, float(scanned),
+                        functools.partial(run, overfetch, leaves))
         log(m.markdown())
-        out.append(m)
+        return m
+
+    settings = [(overfetch, max(1, num_leaves // share)) for overfetch, share in ((2, 16), (8, 8), (32, 4), (64, 2))]
+    out = [measure(*setting) for setting in settings]
+    first = _first_reaching(out, target)
+    if first:  # the fewest leaves reaching the target at that over-fetch
+        overfetch = settings[first][0]
+        leaves = lowest_reaching(lambda leaves: min(bench.score(run(overfetch, leaves))) >= target,
+                                 settings[first - 1][1], settings[first][1],
+                                 lambda low, high: (low + high) // 2 if high - low > max(1, low // 8) else None)
+        if leaves != settings[first][1]:
+            out.append(measure(overfetch, leaves, f" (fewest leaves reaching {target})"))
     return out
 
 
@@ -251,9 +295,6 @@ def faiss_pre_filter(bench: Workbench, repeats: int, log, nprobes: Sequence[int]
             ids[members] = np.where(rows >= 0, bench.ids[np.maximum(rows, 0)], -1)
         return ids
 
-    def reaches(nprobe: int) -> bool:
-        return min(bench.score(run(nprobe))) >= target
-
     def measure(nprobe: int, label: str = "") -> Measurement:
         seconds, ids = median_time(lambda: run(nprobe), repeats)
         recall, selective = bench.score(ids)
@@ -264,15 +305,27 @@ def faiss_pre_filter(bench: Workbench, repeats: int, log, nprobes: Sequence[int]
         return m
 
     out = [measure(nprobe) for nprobe in nprobes]
-    first = next((i for i, m in enumerate(out) if min(m.recall, m.recall_selective) >= target), None)
-    if first:  # bisect between the last setting short of the target and the first that reaches it
-        low, high = nprobes[first - 1], nprobes[first]
-        while high - low > max(8, low // 16):
-            mid = (low + high) // 2
-            low, high = (low, mid) if reaches(mid) else (mid, high)
-        if high != nprobes[first]:
-            out.append(measure(high, f" (lowest reaching {target})"))
+    first = _first_reaching(out, target)
+    if first:
+        nprobe = lowest_reaching(lambda nprobe: min(bench.score(run(nprobe))) >= target, nprobes[first - 1],
+                                 nprobes[first], lambda low, high: (low + high) // 2 if high - low > max(8, low // 16) else None)
+        if nprobe != nprobes[first]:
+            out.append(measure(nprobe, f" (lowest reaching {target})"))
     return out
+
+
+def _first_reaching(measurements: Sequence[Measurement], target: float) -> int | None:
+    """The position of the first measurement with recall >= ``target``, mean and most selective decile."""
+    return next((i for i, m in enumerate(measurements) if min(m.recall, m.recall_selective) >= target), None)
+
+
+def lowest_reaching(reaches: Callable[[T], bool], low: T, high: T, midpoint: Callable[[T, T], T | None]) -> T:
+    """The lowest setting between ``low`` (short of the target) and ``high`` (reaching it), by
+    bisection: every method is compared at its fastest setting that meets the target, not at a
+    coarse grid point. ``midpoint`` gives None once ``low`` and ``high`` are close enough."""
+    while (mid := midpoint(low, high)) is not None:
+        low, high = (low, mid) if reaches(mid) else (mid, high)
+    return high
 
 
 SUMMARY_HEADER = ("| method | fastest setting with recall@10 >= {t} (mean and most selective 10%) | queries/s, "

@@ -77,7 +77,7 @@ def test_unknown_metric_is_a_clear_error():
         exact.search(np.zeros((2, 2)), np.zeros((1, 2)), 1, "l1")
 
 
-@pytest.mark.parametrize("shape", [(200, 5_003), (3, 5_003), (1, 800), (50, 900), (40, 300), (2, 40)])
+@pytest.mark.parametrize("shape", [(200, 5_003), (3, 5_003), (1, 800), (50, 900), (40, 300), (2, 40), (500, 20)])
 @pytest.mark.parametrize("excluded", [0.0, 0.8, 0.999, 1.0])
 def test_top_k_equals_a_full_sort(shape, excluded):
     # Each path (block selection, row by row, whole-row selection, one sort) must agree with sorting each row.

@@ -11,7 +11,7 @@ import pytest
 from beamvec.index import Index, ManifestError, build_index, exact, synthetic
 from beamvec.index.manifest import check_relative_path
 from beamvec.index.plan import AttributePlan
-from beamvec.index.predicate import parse
+from beamvec.index.predicate import PredicateError, parse
 from beamvec.index.schema import validate_items
 
 DIM = 32
@@ -134,3 +134,15 @@ def test_wrong_query_dimension_is_a_clear_error(tmp_path):
     build_index(str(tmp_path), [1, 2], np.eye(2, dtype=np.float32))
     with pytest.raises(ValueError, match="dimension 2"):
         Index.open(str(tmp_path)).search(np.ones((1, 3), np.float32))
+
+
+def test_a_predicate_on_a_missing_column_or_of_the_wrong_type_is_rejected_every_time(partitioned, queries):
+    index = Index.open(partitioned)
+    vectors = queries[0][:2]
+    index.search(vectors, ["category = 'rock'", None], k=3)  # checked once, then remembered as valid
+    index.search(vectors, ["category = 'rock'", None], k=3)
+    for _ in range(2):  # an invalid one is never remembered
+        with pytest.raises(PredicateError, match="colour"):
+            index.search(vectors, ["colour = 'red'", None], k=3)
+        with pytest.raises(PredicateError):
+            index.search(vectors, ["category >= 3", None], k=3)

@@ -45,6 +45,21 @@ def test_summary_compares_each_method_at_its_fastest_setting_that_reaches_the_ta
                      "| scann | not reached; most accurate: s2 (0.9400 / 0.9300) | 20 | > 50.0x |"]
 
 
+def test_lowest_reaching_bisects_to_the_lowest_setting_that_meets_the_target():
+    tried = []
+
+    def reaches(setting):
+        tried.append(setting)
+        return setting >= 37
+
+    step = lambda low, high: (low + high) // 2 if high - low > 1 else None
+    assert compare.lowest_reaching(reaches, 32, 128, step) == 37
+    assert len(tried) == len(set(tried)) <= 7 and all(32 < t < 128 for t in tried)
+    # A float setting, to a relative tolerance: the answer reaches and lies within it of the threshold.
+    found = compare.lowest_reaching(lambda s: s >= 0.61, 0.5, 1.0, lambda low, high: (low + high) / 2 if high > low * 1.01 else None)
+    assert 0.61 <= found <= 0.61 * 1.01
+
+
 def test_head_to_head_reruns_each_chosen_setting_in_turn():
     calls = []
     rows = [compare.Measurement(name, "s", 1.0, 1.0, 1.0, 0.0, 0, 0.0, lambda name=name: calls.append(name))
