@@ -162,12 +162,11 @@ def beamvec_methods(bench: Workbench, attribute: str, partition_rows: tuple[int,
                 return min(bench.score(ids)) >= target
 
             mine = [measure(*setting(knob)) for knob in knobs]
-            first = _first_reaching(mine, target)
-            if first:
-                knob = lowest_reaching(reaches, knobs[first - 1], knobs[first], midpoint)
-                if knob != knobs[first]:
-                    label, probes, params = setting(knob)
-                    mine.append(measure(f"{label} (lowest reaching {target})", probes, params))
+            def measure_lowest(knob) -> Measurement:
+                label, probes, params = setting(knob)
+                return measure(f"{label} (lowest reaching {target})", probes, params)
+
+            add_lowest_reaching(mine, knobs, reaches, midpoint, measure_lowest, target)
             out += mine
     return out
 
@@ -242,14 +241,11 @@ def scann_post_filter(bench: Workbench, repeats: int, log, target: float = 0.95)
 
     settings = [(overfetch, max(1, num_leaves // share)) for overfetch, share in ((2, 16), (8, 8), (32, 4), (64, 2))]
     out = [measure(*setting) for setting in settings]
-    first = _first_reaching(out, target)
-    if first:  # the fewest leaves reaching the target at that over-fetch
-        overfetch = settings[first][0]
-        leaves = lowest_reaching(lambda leaves: min(bench.score(run(overfetch, leaves))) >= target,
-                                 settings[first - 1][1], settings[first][1],
-                                 lambda low, high: (low + high) // 2 if high - low > max(1, low // 8) else None)
-        if leaves != settings[first][1]:
-            out.append(measure(overfetch, leaves, f" (fewest leaves reaching {target})"))
+    # The fewest leaves reaching the target at the over-fetch of the first setting that reaches it.
+    add_lowest_reaching(out, settings, lambda setting: min(bench.score(run(*setting))) >= target,
+                        lambda low, high: (high[0], (low[1] + high[1]) // 2) if high[1] - low[1] > max(1, low[1] // 8)
+                        else None,
+                        lambda setting: measure(*setting, f" (fewest leaves reaching {target})"), target)
     return out
 
 
@@ -305,18 +301,24 @@ def faiss_pre_filter(bench: Workbench, repeats: int, log, nprobes: Sequence[int]
         return m
 
     out = [measure(nprobe) for nprobe in nprobes]
-    first = _first_reaching(out, target)
-    if first:
-        nprobe = lowest_reaching(lambda nprobe: min(bench.score(run(nprobe))) >= target, nprobes[first - 1],
-                                 nprobes[first], lambda low, high: (low + high) // 2 if high - low > max(8, low // 16) else None)
-        if nprobe != nprobes[first]:
-            out.append(measure(nprobe, f" (lowest reaching {target})"))
+    add_lowest_reaching(out, nprobes, lambda nprobe: min(bench.score(run(nprobe))) >= target,
+                        lambda low, high: (low + high) // 2 if high - low > max(8, low // 16) else None,
+                        lambda nprobe: measure(nprobe, f" (lowest reaching {target})"), target)
     return out
 
 
-def _first_reaching(measurements: Sequence[Measurement], target: float) -> int | None:
-    """The position of the first measurement with recall >= ``target``, mean and most selective decile."""
-    return next((i for i, m in enumerate(measurements) if min(m.recall, m.recall_selective) >= target), None)
+def add_lowest_reaching(swept: list[Measurement], knobs: Sequence[T], reaches: Callable[[T], bool],
+                        midpoint: Callable[[T, T], T | None], measure_at: Callable[[T], Measurement],
+                        target: float) -> None:
+    """After a sweep (``swept[i]`` measured at ``knobs[i]``), append the measurement at the lowest
+    setting reaching ``target`` recall (mean and most selective decile), bisected between the last
+    swept knob short of it and the first that reaches it. Nothing is added when the first knob
+    already reaches it, none does, or the bisection ends at the swept knob."""
+    first = next((i for i, m in enumerate(swept) if min(m.recall, m.recall_selective) >= target), None)
+    if first:
+        knob = lowest_reaching(reaches, knobs[first - 1], knobs[first], midpoint)
+        if knob != knobs[first]:
+            swept.append(measure_at(knob))
 
 
 def lowest_reaching(reaches: Callable[[T], bool], low: T, high: T, midpoint: Callable[[T, T], T | None]) -> T:

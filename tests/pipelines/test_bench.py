@@ -60,6 +60,18 @@ def test_lowest_reaching_bisects_to_the_lowest_setting_that_meets_the_target():
     assert 0.61 <= found <= 0.61 * 1.01
 
 
+def test_add_lowest_reaching_appends_the_bisected_setting_only_between_a_miss_and_a_hit():
+    def at(nprobe):
+        recall = 1.0 if nprobe >= 37 else 0.5
+        return compare.Measurement("m", str(nprobe), recall, recall, 1.0, 0.0, 0, 0.0)
+
+    step = lambda low, high: (low + high) // 2 if high - low > 1 else None
+    for knobs, added in (((8, 32, 128), ["37"]), ((64, 128), []), ((8, 16), []), ((8, 37), [])):
+        swept = [at(k) for k in knobs]
+        compare.add_lowest_reaching(swept, knobs, lambda k: at(k).recall >= 0.95, step, at, 0.95)
+        assert [m.setting for m in swept[len(knobs):]] == added, knobs
+
+
 def test_head_to_head_reruns_each_chosen_setting_in_turn():
     calls = []
     rows = [compare.Measurement(name, "s", 1.0, 1.0, 1.0, 0.0, 0, 0.0, lambda name=name: calls.append(name))
