@@ -12,9 +12,11 @@ function of the input (no randomness, ties ordered by row position).
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
+
+from beamvec.index import selection
 
 METRICS = ("dot_product", "cosine", "squared_l2")
 
@@ -22,15 +24,6 @@ METRICS = ("dot_product", "cosine", "squared_l2")
 _QUERY_BLOCK = 1024
 # Scores held at once by search_masked: bounds its (block, rows) matrix to 64 MB.
 _SCORES_PER_BLOCK = 1 << 24
-# Blocks per row in top_k's block selection.
-_TOP_K_BLOCK = 32
-# Few keys in short rows, or rows of at most _SORT_ALWAYS keys (merges of top-k lists), are
-# ranked by one stable sort: cheaper than selecting, for so few (measured up to 40 keys a row).
-_SORT_COLUMNS = 512
-_SORT_KEYS = 4096
-_SORT_ALWAYS = 32
-# Fewer rows than this are ranked one at a time, over their finite keys only.
-_ROW_BY_ROW = 4
 
 
 def check_metric(metric: str) -> str:
@@ -72,92 +65,10 @@ def score_matrix(queries: np.ndarray, rows: np.ndarray, metric: str, row_norms: 
 def top_k(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row of ``keys``, the positions and keys of the k highest, best first.
 
-    Within the k, ties are ordered by position. Entries of ``keys`` may be -inf
-    for excluded rows; their positions come back as -1 with key -inf.
+    Ties are ordered by position (the earlier wins). Entries of ``keys`` may be -inf
+    for excluded rows; they are never returned: -1 / -inf pad the result.
     """
-    n, m = keys.shape
-    if m == 0 or k == 0:
-        return np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32)
-    if m <= _SORT_ALWAYS or (m <= _SORT_COLUMNS and n * m <= _SORT_KEYS):
-        return _top_k_sorted(keys, k)
-    if n < _ROW_BY_ROW:
-        pos, best = np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32)
-        for i in range(n):
-            pos[i], best[i] = _top_k_row(keys[i], k)
-        return pos, best
-    if m < 4 * _TOP_K_BLOCK * k:
-        return _top_k_select(keys, k)
-    return _top_k_blocked(keys, k)
-
-
-def _top_k_sorted(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`top_k` by one stable sort of each row (short rows)."""
-    n, m = keys.shape
-    kk = min(k, m)
-    pos = np.argsort(-keys, axis=1, kind="stable")[:, :kk]
-    best = keys[np.arange(n)[:, None], pos].astype(np.float32)
-    pos[best == -np.inf] = -1
-    return _pad(pos, best, k)
-
-
-def _top_k_row(row: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`top_k` of one row: selection over its finite keys only (cheap when most are -inf)."""
-    candidates = np.flatnonzero(row > -np.inf)
-    if len(candidates) > _SORT_COLUMNS:
-        values = row[candidates]
-        candidates = np.sort(candidates[np.argpartition(values, len(values) - k)[len(values) - k:]])
-    if len(candidates) == 0:
-        return np.full(k, -1, np.int64), np.full(k, -np.inf, np.float32)
-    pos, best = _top_k_sorted(row[candidates][None], k)
-    return np.where(pos[0] >= 0, candidates[np.maximum(pos[0], 0)], -1), best[0]
-
-
-def _top_k_select(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`top_k` by one selection over each whole row."""
-    n, m = keys.shape
-    kk = min(k, m)
-    rows = np.arange(n)[:, None]
-    part = np.argpartition(keys, m - kk, axis=1)[:, m - kk:] if kk < m else np.broadcast_to(np.arange(m), (n, m))
-    part_keys = keys[rows, part]
-    order = np.lexsort((part, -part_keys), axis=1)
-    pos = part[rows, order].astype(np.int64)
-    best = part_keys[rows, order].astype(np.float32)
-    pos[best == -np.inf] = -1
-    return _pad(pos, best, k)
-
-
-def _pad(pos: np.ndarray, best: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(n, k) results from fewer than k columns: -1 / -inf padding."""
-    if pos.shape[1] < k:
-        pos = np.pad(pos, ((0, 0), (0, k - pos.shape[1])), constant_values=-1)
-        best = np.pad(best, ((0, 0), (0, k - best.shape[1])), constant_values=-np.inf)
-    return pos, best
-
-
-def _top_k_blocked(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`top_k` for long rows: split each row into blocks (columns j, j + w, j + 2w, ...),
-    keep the k blocks with the highest maxima (they hold the top k), select among them.
-
-    Selecting over a few hundred candidates instead of the whole row is several times
-    faster, and unlike a whole-row selection it does not slow down when most keys
-    are -inf. Rows where a block left out ties with the k-th key are redone whole.
-    """
-    n, m = keys.shape
-    rows = np.arange(n)[:, None]
-    width = m // _TOP_K_BLOCK
-    blocks = keys[:, :width * _TOP_K_BLOCK].reshape(n, _TOP_K_BLOCK, width)
-    head = blocks.max(axis=1)
-    chosen = np.argpartition(head, width - k, axis=1)[:, width - k:]
-    columns = (chosen[:, None, :] + width * np.arange(_TOP_K_BLOCK)[None, :, None]).reshape(n, -1)
-    tail = np.arange(width * _TOP_K_BLOCK, m)
-    columns = np.sort(np.concatenate([columns, np.broadcast_to(tail, (n, len(tail)))], axis=1), axis=1)
-    pos, best = _top_k_select(keys[rows, columns], k)  # columns ascending: ties still by position
-    pos = np.where(pos >= 0, columns[rows, np.maximum(pos, 0)], -1)
-    kth = best[:, -1]
-    tied = np.isfinite(kth) & ((head >= kth[:, None]).sum(axis=1) > k)
-    if tied.any():
-        pos[tied], best[tied] = _top_k_select(keys[tied], k)
-    return pos, best
+    return selection.top_k(keys, k)
 
 
 def search_rows(
@@ -188,18 +99,19 @@ def search_masked(
     queries: np.ndarray,
     k: int,
     metric: str,
-    excluded: Callable[[int, int], np.ndarray | None],
     spans: np.ndarray | None = None,
+    bits: np.ndarray | None = None,
+    group: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of each query among the rows its own mask allows.
 
     ``spans[i] = (start, stop)`` limits query i to rows start..stop-1 (default: all);
-    ``excluded(start, stop)`` returns the (stop - start, rows) boolean masks of the
-    rows queries start..stop-1 must not return besides, or None when there are none.
-    All queries are scored against all rows with one matrix product per block of
-    queries, then masked: cheaper than gathering rows per predicate when the
-    predicates are many and each matches a large share of the rows. Inputs must be
-    prepared; returns (row positions, keys).
+    ``bits`` (g, bytes) holds packed exclusion masks (bit set = row excluded, little
+    endian) and ``group[i]`` the one query i obeys besides (-1: none). All queries
+    are scored against all rows with one matrix product per block of queries, then
+    selected within their spans and masks: cheaper than gathering rows per
+    predicate when the predicates are many and each matches a large share of the
+    rows. Inputs must be prepared; returns (row positions, keys).
     """
     n_rows = len(vectors)
     norms = np.einsum("ij,ij->i", vectors, vectors) if metric == "squared_l2" else None
@@ -209,16 +121,8 @@ def search_masked(
     for start in range(0, len(queries), block):
         stop = min(start + block, len(queries))
         keys = score_matrix(queries[start:stop], vectors, metric, norms)
-        if spans is not None:  # filling the rows outside a span is far cheaper than a masked copy
-            block_spans = spans[start:stop]
-            cuts = np.flatnonzero((block_spans[1:] != block_spans[:-1]).any(axis=1)) + 1
-            for a, b in zip(np.r_[0, cuts], np.r_[cuts, stop - start]):  # runs of queries with one span
-                keys[a:b, :block_spans[a, 0]] = -np.inf
-                keys[a:b, block_spans[a, 1]:] = -np.inf
-        mask = excluded(start, stop)
-        if mask is not None:
-            np.copyto(keys, -np.inf, where=mask)
-        out_pos[start:stop], out_keys[start:stop] = top_k(keys, k)
+        out_pos[start:stop], out_keys[start:stop] = selection.top_k(
+            keys, k, None if spans is None else spans[start:stop], bits, None if group is None else group[start:stop])
     return out_pos, out_keys
 
 

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from beamvec.index import exact, fs, layout
+from beamvec.index import exact, fs, layout, selection
 from beamvec.index.masks import MaskCache
 from beamvec.index.predicate import Predicate, parse
 
@@ -455,10 +455,9 @@ class Shard:
             members = np.concatenate([g.members for g in batch])
             sizes = [len(g.members) for g in batch]
             spans = np.repeat([(g.lo - lo, g.hi - lo) for g in batch], sizes, axis=0)
-            allowed = _MaskStack([None if g.whole_run else self._masks.excluded_bits(g.predicate)[lo // 8:]
-                                  for g in batch], sizes, hi - lo)
-            pos, keys = exact.search_masked(self.vectors[lo:hi], queries[members], k, self.metric,
-                                            allowed.excluded, spans)
+            bits, group = _mask_stack([None if g.whole_run else self._masks.excluded_bits(g.predicate)[lo // 8:]
+                                       for g in batch], sizes, hi - lo)
+            pos, keys = exact.search_masked(self.vectors[lo:hi], queries[members], k, self.metric, spans, bits, group)
             result.rows[members], result.keys[members] = np.where(pos >= 0, pos + lo, -1), keys
             result.stats.rows_scored += len(members) * (hi - lo)
         result.stats.prefiltered += sum(len(g.members) for g in groups)
@@ -469,10 +468,8 @@ class Shard:
         members = np.concatenate([g.members for g in entries])
         sizes = [len(g.members) for g in entries]
         rows, keys = self._scann_search(queries[members], max(fetch, k), leaves, parallel)
-        if any(g.mask is not None for g in entries):
-            allowed = _MaskStack([self._masks.excluded_bits(g.predicate) for g in entries], sizes, self.num_rows)
-            keys = np.where((rows >= 0) & allowed.lookup(np.maximum(rows, 0)), keys, -np.inf)
-        pos, best = exact.top_k(keys, k)
+        bits, group = _mask_stack([self._masks.excluded_bits(g.predicate) for g in entries], sizes, self.num_rows)
+        pos, best = selection.top_k(keys, k, bits=bits, group=group, rows=rows)
         got = np.take_along_axis(rows, np.maximum(pos, 0), axis=1)
         got[pos < 0] = -1
         need = np.repeat([min(k, g.matches) for g in entries], sizes)
@@ -641,30 +638,20 @@ def _extent(mask: np.ndarray | None, n_rows: int) -> tuple[int, int, int]:
     return matches, int(np.argmax(mask)), n_rows - int(np.argmax(mask[::-1]))
 
 
-class _MaskStack:
-    """The row masks of query groups, as packed bits (set bit = row excluded), looked up per query at once.
+def _mask_stack(bits: Sequence[np.ndarray | None], sizes: Sequence[int],
+                n_rows: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The packed exclusion masks of query groups, as :func:`selection.top_k` takes them: (bits, group per query).
 
     ``bits[g]`` (None = every row allowed; see :meth:`MaskCache.excluded_bits`, at least
-    ``n_rows`` bits) applies to the next ``sizes[g]`` queries, in order.
+    ``n_rows`` bits) applies to the next ``sizes[g]`` queries, in order. (None, None)
+    when no group has a mask.
     """
-
-    def __init__(self, bits: Sequence[np.ndarray | None], sizes: Sequence[int], n_rows: int):
-        width = (n_rows + 7) // 8
-        none = np.zeros(width, np.uint8)
-        self._bits = np.stack([none if b is None else b[:width] for b in bits])
-        self._group = np.repeat(np.arange(len(bits)), sizes)
-        self._masked = np.repeat([b is not None for b in bits], sizes)
-        self._n_rows = n_rows
-
-    def lookup(self, rows: np.ndarray) -> np.ndarray:
-        """For (queries, j) row positions, whether each query's mask allows the row."""
-        return ((self._bits[self._group[:, None], rows >> 3] >> (rows & 7).astype(np.uint8)) & 1) == 0
-
-    def excluded(self, start: int, stop: int) -> np.ndarray | None:
-        """The (stop - start, n_rows) rows excluded for queries start..stop-1 (None: no row)."""
-        if not self._masked[start:stop].any():
-            return None
-        return np.unpackbits(self._bits[self._group[start:stop]], axis=1, count=self._n_rows, bitorder="little").view(bool)
+    has_mask = [b is not None for b in bits]
+    if not any(has_mask):
+        return None, None
+    width = (n_rows + 7) // 8
+    group = np.repeat(np.where(has_mask, np.cumsum(has_mask) - 1, -1), sizes)
+    return np.stack([b[:width] for b in bits if b is not None]), group
 
 
 def group_predicates(predicates: Sequence[Predicate | str | None]) -> dict[Predicate, np.ndarray]:

@@ -35,7 +35,7 @@ from beamvec.pipelines.bench import median_time
 
 T = TypeVar("T")
 # Leaves scales beamvec is swept over (the calibrated leaves times these).
-LEAVES_SCALES = (0.5, 1.0, 2.0)
+LEAVES_SCALES = (0.25, 0.5, 1.0, 2.0)
 
 
 @dataclasses.dataclass

@@ -85,6 +85,22 @@ def test_oversized_leaves_are_split_by_vectors():
     assert sizes.max() <= 2 * 800, sizes
 
 
+def test_a_cut_must_repay_the_searches_it_adds():
+    # Cutting on color lets 9 queries in 10 skip half the rows: worth it. Cutting the red half
+    # again on size lets 1 query skip 5,000 rows but makes the 9 red queries search both pieces:
+    # at 2,000 rows a search that does not pay (the blue half, which they skip, is cut); priced
+    # at nothing it does.
+    n = 20_000
+    table = pa.table({"id": pa.array(range(n), pa.int64()), "color": pa.array(["red", "blue"] * (n // 2)),
+                      "size": pa.array(np.arange(n) % 10)})
+    workload = Workload.of(["size < 5"] + ["color = 'red'"] * 9)
+    vectors = np.zeros((n, 2), np.float32)
+    priced = QdTreePlan.fit(table, vectors, workload, 1_000, n)
+    assert priced.num_partitions == 3 and priced.nodes[0]["cut"] == "color = 'red'"
+    assert "cut" not in priced.nodes[priced.nodes[0]["left"]]  # the red half stays whole
+    assert QdTreePlan.fit(table, vectors, workload, 1_000, n, pair_cost_rows=0).num_partitions == 4
+
+
 def test_unknown_partitioner_and_bad_workload_are_clear_errors():
     table = pa.table({"id": [1, 2], "x": [1, 2]})
     with pytest.raises(ValueError, match="unknown partitioner 'range'"):
