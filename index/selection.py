@@ -15,7 +15,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-_NONE = np.zeros((0, 0), np.int64)
+_NO_ROWS = np.zeros((0, 0), np.int64)
 _NO_BITS = np.zeros((0, 0), np.uint8)
 
 
@@ -42,7 +42,7 @@ def top_k(
         spans[:, 0], spans[:, 1] = 0, keys.shape[1]
     if bits is None or group is None:
         bits, group = _NO_BITS, np.full(n, -1, np.int64)
-    rows = _NONE if rows is None else rows
+    rows = _NO_ROWS if rows is None else rows
     if spans.shape != (n, 2) or group.shape != (n,) or (len(rows) and rows.shape != keys.shape):
         raise ValueError(f"spans {spans.shape}, group {group.shape} and rows {rows.shape} do not fit keys {keys.shape}")
     return _select(keys, int(k), np.ascontiguousarray(spans, np.int64), np.ascontiguousarray(bits, np.uint8),
