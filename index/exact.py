@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from beamvec.index import selection
+from beamvec.index.stats import SearchStats
 
 METRICS = ("dot_product", "cosine", "squared_l2")
 
@@ -72,21 +73,28 @@ def top_k(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def search_rows(
-    vectors: np.ndarray, queries: np.ndarray, k: int, metric: str, rows: np.ndarray | None = None
+    vectors: np.ndarray, queries: np.ndarray, k: int, metric: str, rows: np.ndarray | None = None,
+    stats: SearchStats | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of ``queries`` among ``vectors[rows]`` (all rows when None).
 
     ``vectors`` and ``queries`` must already be prepared (see :func:`prepare`).
     All queries are scored against the same rows with one matrix product per
-    block of queries. Returns (row positions into ``vectors``, keys).
+    block of queries. Returns (row positions into ``vectors``, keys); ``stats`` gets the
+    time of scoring and of selection.
     """
-    subset = vectors if rows is None else vectors[rows]
-    norms = np.einsum("ij,ij->i", subset, subset) if metric == "squared_l2" else None
+    stats = stats or SearchStats()
+    with stats.timed("scoring"):
+        subset = vectors if rows is None else vectors[rows]
+        norms = np.einsum("ij,ij->i", subset, subset) if metric == "squared_l2" else None
     out_pos = np.empty((len(queries), k), np.int64)
     out_keys = np.empty((len(queries), k), np.float32)
     for start in range(0, len(queries), _QUERY_BLOCK):
         block = queries[start:start + _QUERY_BLOCK]
-        pos, keys = top_k(score_matrix(block, subset, metric, norms), k)
+        with stats.timed("scoring"):
+            scores = score_matrix(block, subset, metric, norms)
+        with stats.timed("selection"):
+            pos, keys = top_k(scores, k)
         if rows is not None and len(rows):
             pos = np.where(pos >= 0, rows[np.maximum(pos, 0)], -1)
         out_pos[start:start + len(block)] = pos
@@ -102,6 +110,7 @@ def search_masked(
     spans: np.ndarray | None = None,
     bits: np.ndarray | None = None,
     group: np.ndarray | None = None,
+    stats: SearchStats | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of each query among the rows its own mask allows.
 
@@ -111,8 +120,10 @@ def search_masked(
     are scored against all rows with one matrix product per block of queries, then
     selected within their spans and masks: cheaper than gathering rows per
     predicate when the predicates are many and each matches a large share of the
-    rows. Inputs must be prepared; returns (row positions, keys).
+    rows. Inputs must be prepared; returns (row positions, keys). ``stats`` gets the
+    time of scoring and of selection.
     """
+    stats = stats or SearchStats()
     n_rows = len(vectors)
     norms = np.einsum("ij,ij->i", vectors, vectors) if metric == "squared_l2" else None
     block = max(1, min(_QUERY_BLOCK, _SCORES_PER_BLOCK // max(1, n_rows)))
@@ -120,9 +131,12 @@ def search_masked(
     out_keys = np.empty((len(queries), k), np.float32)
     for start in range(0, len(queries), block):
         stop = min(start + block, len(queries))
-        keys = score_matrix(queries[start:stop], vectors, metric, norms)
-        out_pos[start:stop], out_keys[start:stop] = selection.top_k(
-            keys, k, None if spans is None else spans[start:stop], bits, None if group is None else group[start:stop])
+        with stats.timed("scoring"):
+            keys = score_matrix(queries[start:stop], vectors, metric, norms)
+        with stats.timed("selection"):
+            out_pos[start:stop], out_keys[start:stop] = selection.top_k(
+                keys, k, None if spans is None else spans[start:stop], bits,
+                None if group is None else group[start:stop])
     return out_pos, out_keys
 
 

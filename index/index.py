@@ -9,9 +9,10 @@ queries, and merges the per-partition top-k into the global top-k.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +22,12 @@ from beamvec.index import exact, fs
 from beamvec.index.manifest import Manifest, ManifestError, PartitionEntry, check_relative_path, checksum
 from beamvec.index.plan import PartitionPlan, SinglePlan, plan_from_json
 from beamvec.index.predicate import MATCH_ALL, Predicate
-from beamvec.index.shard import SearchParams, SearchStats, Shard, group_predicates
+from beamvec.index.zones import ZoneMaps
+from beamvec.index.stats import SearchStats
+from beamvec.index.shard import SearchParams, Shard, clear_predicate_caches, group_predicates
+
+if TYPE_CHECKING:
+    from beamvec.index.querylog import QueryLog
 
 # Handles in merged results: partition ordinal * _ROW_SPACE + row.
 _ROW_SPACE = 1 << 40
@@ -57,29 +63,48 @@ def build_index(
     config: str | None = None,
     recall_target: float = 0.95,
     seed: int = 0,
+    log: "QueryLog | None" = None,
 ) -> Manifest:
     """Build an index in-process: one shard per non-empty partition of ``plan`` (default: one).
 
+    With a workload ``log`` that carries query vectors (:class:`beamvec.index.querylog.QueryLog`),
+    each shard calibrates its leaves to search on the log queries the plan routes to it
+    (the log's calibration part), and the manifest records the recall@10 the index then
+    reaches on the log's held-out part (``heldout_recall``): each shard's search results
+    for them, as :meth:`Index.search` gets them, against the exact answer over its rows,
+    merged (:func:`beamvec.index.querylog.heldout_partial`; the same as a Beam build). The plan is not fitted here:
+    fit it on all the log's predicates (:func:`beamvec.index.plan.fit_plan`).
     Shards are written first, the manifest last, so a reader never sees an index
     whose shards are not all in place.
     """
+    from beamvec.index import querylog
+
     ids = ids if isinstance(ids, pa.Array) else pa.array(list(ids))
     vectors = np.asarray(vectors, np.float32)
     attributes = attributes if attributes is not None and attributes.num_columns else pa.table({"id": ids})
     plan = plan or SinglePlan()
-    assignment = plan.assign(attributes if "id" in attributes.column_names else attributes.append_column("id", ids), vectors)
+    table = attributes if "id" in attributes.column_names else attributes.append_column("id", ids)
+    calibration, heldout = querylog.build_parts(log, table.schema, vectors.shape[1])
+    routed = querylog.route(plan, calibration) if calibration is not None else None
+    assignment = plan.assign(table, vectors)
     descriptions = plan.descriptions()
     fs.filesystem_for(path).makedirs(path)
-    entries = []
+    entries, partials = [], []
     for ordinal in range(plan.num_partitions):
         rows = np.flatnonzero(assignment == ordinal)
         if len(rows) == 0:
             continue
         taken = pa.array(rows)
         shard = Shard.build(ids.take(taken), vectors[rows], attributes.take(taken), metric=metric, config=config,
-                            recall_target=recall_target, seed=seed, row_order=plan.row_order)
+                            recall_target=recall_target, seed=seed, row_order=plan.row_order,
+                            calibration_queries=None if routed is None else calibration.vectors[routed[ordinal]])
         entries.append(write_shard(path, partition_id(ordinal), shard, descriptions[ordinal]))
+        if heldout is not None:  # measured while the shard is in memory, as a Beam build does
+            partials.append(querylog.heldout_partial(shard, ordinal, plan, heldout))
     manifest = Manifest(metric, vectors.shape[1], id_type_name(ids), tuple(entries), plan.to_json())
+    if heldout is not None:
+        recall = querylog.summarize_partials(partials, len(heldout), querylog.HELDOUT_K, recall_target)
+        manifest = dataclasses.replace(manifest, heldout_recall=recall)
     manifest.write(path)
     return manifest
 
@@ -109,6 +134,7 @@ class Index:
         self.plan = plan_from_json(manifest.plan)
         self._entry = {p.id: i for i, p in enumerate(manifest.partitions)}
         self._validated: set[Predicate] = set()
+        self._zones: ZoneMaps | None = None
 
     @classmethod
     def open(cls, path: str, verify: bool = True, workers: int | None = None) -> "Index":
@@ -137,6 +163,15 @@ class Index:
             self._shards[entry.id] = shard
         return self._shards[entry.id]
 
+    def clear_caches(self) -> None:
+        """Forget everything learnt from predicates seen so far (parses, validation, routes,
+        masks), keeping the shards loaded: the next search costs what a fresh batch costs."""
+        self._validated.clear()
+        self.plan.clear_caches()
+        clear_predicate_caches()
+        for shard in self._shards.values():
+            shard.clear_caches()
+
     def search(
         self,
         vectors: np.ndarray,
@@ -149,57 +184,93 @@ class Index:
         ``vectors`` is (n, d) float32; ``predicates`` n texts or Predicates (None or
         '' = no filter). Returns (ids, scores), each (n, k), best first: ids as given
         at build (int64 padded with -1, or strings in an object array padded with
-        None), scores float32 padded with NaN.
+        None), scores float32 padded with NaN. ``stats`` adds up where the time went
+        (:class:`beamvec.index.stats.SearchStats`; ``stats.profile()`` prints it).
         """
         vectors = np.asarray(vectors, np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dimension:
             raise ValueError(f"query vectors have shape {vectors.shape}; the index has dimension {self.dimension}")
         n = len(vectors)
-        groups = group_predicates(predicates if predicates is not None else [None] * n)
-        if sum(len(m) for m in groups.values()) != n:
-            raise ValueError(f"{sum(len(m) for m in groups.values())} predicates for {n} queries")
-        distinct = list(groups)
-        group_of = np.empty(n, np.int64)
-        for g, members in enumerate(groups.values()):
-            group_of[members] = g
+        with self.stats.timed("predicates"):
+            groups = group_predicates(predicates if predicates is not None else [None] * n)
+            if sum(len(m) for m in groups.values()) != n:
+                raise ValueError(f"{sum(len(m) for m in groups.values())} predicates for {n} queries")
+            distinct = list(groups)
+            group_of = np.empty(n, np.int64)
+            for g, members in enumerate(groups.values()):
+                group_of[members] = g
+            self._validate(distinct)
+        with self.stats.timed("routing"):
+            tasks = [(ordinal, members, self.shard(ordinal)) for ordinal, members in self._route(groups, group_of, vectors)]
         prepared = exact.prepare(vectors, self.metric)
         handles = np.full((n, k), -1, np.int64)
         keys = np.full((n, k), -np.inf, np.float32)
-        tasks = []
-        for part, members in enumerate(self.plan.route(groups, vectors)):
-            ordinal = self._entry.get(partition_id(part))
-            if len(members) and ordinal is not None:
-                tasks.append((ordinal, members, self.shard(ordinal)))
-        if tasks:  # every shard of an index has the same columns: check each predicate once
-            for p in distinct:
-                if p not in self._validated:
-                    p.validate(tasks[0][2].attributes.schema)
-                    if len(self._validated) >= _VALIDATED_CACHE:
-                        self._validated.clear()
-                    self._validated.add(p)
 
-        def search_shard(task):
-            _, members, shard = task
-            return shard.search_groups(prepared[members], k, _local_groups(distinct, group_of[members]), params,
-                                       parallel=self.workers == 1)
+        def search_shard(t: int):
+            """Plan a shard's search (runs and masks: Python, so on this thread) and start it."""
+            _, members, shard = tasks[t]
+            plan = shard.plan_groups(k, _local_groups(distinct, group_of[members]), params, self.stats)
+            if pool is None:
+                return shard.execute(prepared[members], k, plan)
+            return pool.submit(shard.execute, prepared[members], k, plan, False)
 
         # One BLAS thread always: products are per shard and small, and their sums then add
         # up in the same order whatever the number of workers, so scores agree to the bit.
         with contextlib.ExitStack() as stack:
             stack.enter_context(threadpool_limits(1, "blas"))
-            if self.workers > 1:  # largest first, merged in partition order: the same answer as one worker
-                pool = stack.enter_context(ThreadPoolExecutor(self.workers))
+            pool = stack.enter_context(ThreadPoolExecutor(self.workers)) if self.workers > 1 else None
+            if pool is not None:  # largest first, each planned while the workers search the ones before it
                 by_cost = sorted(range(len(tasks)), key=lambda t: -len(tasks[t][1]) * tasks[t][2].num_rows)
-                futures = {t: pool.submit(search_shard, tasks[t]) for t in by_cost}
-                results = (futures[t].result() for t in range(len(tasks)))
+                futures = {t: search_shard(t) for t in by_cost}
+                results = (futures[t].result() for t in range(len(tasks)))  # merged in partition order
             else:
-                results = map(search_shard, tasks)
+                results = map(search_shard, range(len(tasks)))
             for (ordinal, members, _), result in zip(tasks, results):
                 self.stats.add(result.stats)
                 self.partitions_searched += len(members)
-                found = np.where(result.rows >= 0, ordinal * _ROW_SPACE + result.rows, -1)
-                handles[members], keys[members] = exact.merge([(handles[members], keys[members]), (found, result.keys)], k)
+                with self.stats.timed("merge"):
+                    found = np.where(result.rows >= 0, ordinal * _ROW_SPACE + result.rows, -1)
+                    handles[members], keys[members] = exact.merge(
+                        [(handles[members], keys[members]), (found, result.keys)], k)
         return self._ids(handles), exact.finish(keys, self.metric)
+
+    def _validate(self, predicates: list[Predicate]) -> None:
+        """Check each predicate once against the index's columns (every shard has the same)."""
+        if not self.manifest.partitions:
+            return
+        schema = self.shard(0).attributes.schema
+        for p in predicates:
+            if p not in self._validated:
+                p.validate(schema)
+                if len(self._validated) >= _VALIDATED_CACHE:
+                    self._validated.clear()
+                self._validated.add(p)
+
+    def zones(self) -> ZoneMaps:
+        """Zone maps of every shard (loading them all on first use), for routing by the data."""
+        if self._zones is None:
+            self._zones = ZoneMaps([self.shard(o).columns for o in range(len(self.manifest.partitions))])
+        return self._zones
+
+    def _route(self, groups: dict[Predicate, np.ndarray], group_of: np.ndarray,
+               vectors: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """(shard ordinal, positions of the queries to search in it), for every shard some query
+        must visit: those whose rows can match the query's predicate (zone maps), among the
+        partitions a vector-space plan probes for it."""
+        zones = self.zones()
+        reach = np.array([zones.may_match(p) for p in groups]).reshape(len(groups), zones.partitions)
+        if self.plan.routes_by_vector:
+            probed = [(ordinal, members) for part, members in enumerate(self.plan.route(groups, vectors))
+                      if (ordinal := self._entry.get(partition_id(part))) is not None]
+        else:
+            everyone = np.arange(len(group_of))
+            probed = [(ordinal, everyone) for ordinal in range(zones.partitions)]
+        out = []
+        for ordinal, members in probed:
+            members = members[reach[group_of[members], ordinal]]
+            if len(members):
+                out.append((ordinal, members))
+        return out
 
     def _ids(self, handles: np.ndarray) -> np.ndarray:
         integer = self.manifest.id_type == "int64"

@@ -3,7 +3,10 @@
 ``manifest.json`` names the format version, metric, dimension, id type, the
 partition plan (if any) and, per partition, its id, description (a predicate
 every row in it satisfies; '' for none), row count, shard path (relative to the
-index directory, never escaping it) and content checksum.
+index directory, never escaping it) and content checksum. When the build's
+workload log carried query vectors, ``heldout_recall`` records the recall the built
+index reached on the log's held-out queries (see :mod:`beamvec.index.querylog`);
+manifests without it (older ones, or logs without vectors) read as None.
 """
 
 from __future__ import annotations
@@ -37,13 +40,20 @@ class PartitionEntry:
 
 @dataclasses.dataclass(frozen=True)
 class Manifest:
-    """Everything needed to open an index: format, metric, dimension, id type, plan and partitions."""
+    """Everything needed to open an index: format, metric, dimension, id type, plan and partitions.
+
+    ``heldout_recall`` (optional): ``{"queries", "k", "mean", "selective",
+    "selective_queries", "target"}``, recall@k of the index with default search
+    parameters on held-out workload-log queries, overall and on the most selective
+    10% of them, and the build's recall target.
+    """
 
     metric: str
     dimension: int
     id_type: str
     partitions: tuple[PartitionEntry, ...]
     plan: dict | None = None
+    heldout_recall: dict | None = None
 
     @property
     def num_rows(self) -> int:
@@ -58,6 +68,7 @@ class Manifest:
             "id_type": self.id_type,
             "plan": self.plan,
             "partitions": [dataclasses.asdict(p) for p in self.partitions],
+            **({"heldout_recall": self.heldout_recall} if self.heldout_recall is not None else {}),
         }
 
     @classmethod
@@ -69,7 +80,11 @@ class Manifest:
             raise ManifestError(f"manifest version {obj.get('version')!r}; this beamvec reads version {FORMAT_VERSION}")
         try:
             partitions = tuple(PartitionEntry(**p) for p in obj["partitions"])
-            manifest = cls(str(obj["metric"]), int(obj["dimension"]), str(obj["id_type"]), partitions, obj.get("plan"))
+            heldout = obj.get("heldout_recall")
+            if heldout is not None and not isinstance(heldout, dict):
+                raise TypeError(f"heldout_recall must be an object, got {type(heldout).__name__}")
+            manifest = cls(str(obj["metric"]), int(obj["dimension"]), str(obj["id_type"]), partitions, obj.get("plan"),
+                           heldout)
         except (KeyError, TypeError, ValueError) as e:
             raise ManifestError(f"malformed manifest: {e}") from e
         seen = set()

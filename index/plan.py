@@ -58,6 +58,9 @@ class PartitionPlan(abc.ABC):
         """A plain JSON-able dict with a ``kind`` key; :func:`plan_from_json` inverts it."""
         return {**self._json(), "row_order": list(self.row_order)} if self.row_order else self._json()
 
+    routes_by_vector = False
+    """Whether :meth:`route` looks at query vectors (else only at predicates, as descriptions do)."""
+
     def route(self, groups: dict[Predicate, np.ndarray], vectors: np.ndarray) -> list[np.ndarray]:
         """Per partition, the positions of the queries that must visit it.
 
@@ -82,6 +85,10 @@ class PartitionPlan(abc.ABC):
                 self._route_cache.pop(next(iter(self._route_cache)))
             self._route_cache[predicate] = reachable
         return reachable
+
+    def clear_caches(self) -> None:
+        """Forget the routes of predicates seen so far (a fresh batch pays for its own routing)."""
+        self._route_cache = {}
 
     def _boxes(self) -> list[Box]:
         if not hasattr(self, "_box_cache"):
@@ -193,6 +200,7 @@ class KMeansPlan(PartitionPlan):
     """Vector-space partitions (IVF-like): rows go to the nearest centroid, queries probe the nearest few."""
 
     kind = "kmeans"
+    routes_by_vector = True
 
     def __init__(self, centroids: np.ndarray, probes: int):
         self.centroids = np.asarray(centroids, np.float32)

@@ -30,12 +30,10 @@ import datetime as dt
 import functools
 import math
 import re
-from fractions import Fraction
-from typing import Any, Callable, Iterator, Mapping, NamedTuple, NoReturn, Union
+from typing import Any, Iterator, Mapping, NamedTuple, NoReturn, Union
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 Value = Union[str, int, float, bool]
 """A literal: str, int, float (finite) or bool. int and float are distinct values."""
@@ -44,10 +42,7 @@ MAX_DEPTH = 200
 """The deepest nesting of parentheses and NOTs that :func:`parse` accepts."""
 
 _KEYWORDS = frozenset({"AND", "OR", "NOT", "BETWEEN", "IN", "IS", "NULL", "TRUE", "FALSE"})
-_OPS: dict[str, Callable[[Any, Any], Any]] = {
-    "=": pc.equal, "!=": pc.not_equal, "<": pc.less, "<=": pc.less_equal,
-    ">": pc.greater, ">=": pc.greater_equal,
-}
+_OPS = frozenset({"=", "!=", "<", "<=", ">", ">="})
 _NEGATED_OP = {"=": "!=", "!=": "=", "<": ">=", "<=": ">", ">": "<=", ">=": "<"}
 _BARE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TOKEN = re.compile(
@@ -141,12 +136,16 @@ class Predicate:
             atom._check(schema)
 
     def evaluate(self, data: pa.Table | pa.RecordBatch) -> np.ndarray:
-        """The rows of ``data`` for which the predicate is true, as a bool array."""
+        """The rows of ``data`` for which the predicate is true, as a bool array.
+
+        To evaluate many predicates over the same rows, keep one
+        :class:`beamvec.index.columns.Columns` (or a :class:`beamvec.index.masks.MaskCache`):
+        it encodes each column once.
+        """
+        from beamvec.index.columns import Columns
+
         self.validate(data.schema)
-        result = pc.fill_null(self._compute(_Frame(data)), False)
-        if isinstance(result, pa.ChunkedArray):
-            result = result.combine_chunks()
-        return np.asarray(result.to_numpy(zero_copy_only=False), dtype=bool)
+        return Columns(data).evaluate(self)
 
     def __eq__(self, other: object) -> bool:
         if self is other:
@@ -175,8 +174,6 @@ class Predicate:
     def _check(self, schema: pa.Schema) -> None:
         raise NotImplementedError
 
-    def _compute(self, frame: _Frame) -> Any:
-        raise NotImplementedError
 
     def _possible(self, box: Box) -> _Possible:
         raise NotImplementedError
@@ -201,8 +198,6 @@ class MatchAll(Predicate):
     def _leaves(self) -> Iterator[Predicate]:
         return iter(())
 
-    def _compute(self, frame: _Frame) -> Any:
-        return pa.array(np.ones(frame.num_rows, dtype=bool))
 
     def _possible(self, box: Box) -> _Possible:
         return _Possible(True, False)
@@ -267,8 +262,6 @@ class Compare(_Atom):
     def _check(self, schema: pa.Schema) -> None:
         self._check_literals(schema, (self.value,))
 
-    def _compute(self, frame: _Frame) -> Any:
-        return _compare(frame.column(self.column), self.op, self.value)
 
     def _restrict_bounds(self, bounds: Bounds, holds: bool) -> Bounds:
         op = self.op if holds else _NEGATED_OP[self.op]
@@ -309,10 +302,6 @@ class Between(_Atom):
     def _check(self, schema: pa.Schema) -> None:
         self._check_literals(schema, (self.low, self.high))
 
-    def _compute(self, frame: _Frame) -> Any:
-        column = frame.column(self.column)
-        inside = pc.and_kleene(_compare(column, ">=", self.low), _compare(column, "<=", self.high))
-        return pc.invert(inside) if self.negated else inside
 
     def _restrict_bounds(self, bounds: Bounds, holds: bool) -> Bounds:
         if holds != self.negated:
@@ -348,9 +337,6 @@ class In(_Atom):
     def _check(self, schema: pa.Schema) -> None:
         self._check_literals(schema, self.values)
 
-    def _compute(self, frame: _Frame) -> Any:
-        found = _membership(frame.column(self.column), self.values)
-        return pc.invert(found) if self.negated else found
 
     def _restrict_bounds(self, bounds: Bounds, holds: bool) -> Bounds:
         bounds = bounds._allow(self.values) if holds != self.negated else bounds._exclude(self.values)
@@ -372,9 +358,6 @@ class IsNull(_Atom):
     def _text(self) -> str:
         return f"{_quote_identifier(self.column)} IS {'NOT ' if self.negated else ''}NULL"
 
-    def _compute(self, frame: _Frame) -> Any:
-        array = frame.column(self.column).array
-        return pc.is_valid(array) if self.negated else pc.is_null(array)
 
     def _possible(self, box: Box) -> _Possible:
         bounds = box.bounds(self.column)
@@ -404,8 +387,6 @@ class BoolColumn(_Atom):
                 f"column '{self.column}' has type {schema.field(self.column).type}; only a bool "
                 "column can be a condition on its own", expected="a bool column")
 
-    def _compute(self, frame: _Frame) -> Any:
-        return frame.column(self.column).array
 
     def _restrict_bounds(self, bounds: Bounds, holds: bool) -> Bounds:
         bounds = bounds._allow((holds,))
@@ -438,8 +419,6 @@ class Not(Predicate):
     def _leaves(self) -> Iterator[Predicate]:
         return self.part._leaves()
 
-    def _compute(self, frame: _Frame) -> Any:
-        return pc.invert(self.part._compute(frame))
 
     def _possible(self, box: Box) -> _Possible:
         inner = self.part._possible(box)
@@ -481,8 +460,6 @@ class And(_Junction):
     def _text(self) -> str:
         return " AND ".join(f"({p._text()})" if isinstance(p, Or) else p._text() for p in self.parts)
 
-    def _compute(self, frame: _Frame) -> Any:
-        return functools.reduce(pc.and_kleene, (p._compute(frame) for p in self.parts))
 
     def _possible(self, box: Box) -> _Possible:
         ps = [p._possible(box) for p in self.parts]
@@ -499,8 +476,6 @@ class Or(_Junction):
     def _text(self) -> str:
         return " OR ".join(p._text() for p in self.parts)
 
-    def _compute(self, frame: _Frame) -> Any:
-        return functools.reduce(pc.or_kleene, (p._compute(frame) for p in self.parts))
 
     def _possible(self, box: Box) -> _Possible:
         ps = [p._possible(box) for p in self.parts]
@@ -821,9 +796,10 @@ def _from_json(obj: Mapping, depth: int) -> Predicate:
 # ------------------------------------------------------------------------------ validation
 
 
-def _kind_of(t: pa.DataType) -> str | None:
+def kind_of(t: pa.DataType) -> str | None:
+    """What predicates see in a column of type ``t``: string, bool, integer, float, temporal, or None (untestable)."""
     if pa.types.is_dictionary(t):
-        return _kind_of(t.value_type)
+        return kind_of(t.value_type)
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         return "string"
     if pa.types.is_boolean(t):
@@ -845,14 +821,14 @@ def _column_kind(schema: pa.Schema, column: str) -> str:
     if count > 1:
         raise PredicateError(f"column '{column}' appears {count} times in the schema")
     t = schema.field(column).type
-    kind = _kind_of(t)
+    kind = kind_of(t)
     if kind is None:
         raise PredicateError(f"column '{column}' has type {t}, which predicates cannot test")
     return kind
 
 
 @functools.lru_cache(maxsize=4096)
-def _parse_instant(text: str) -> dt.datetime | None:
+def parse_instant(text: str) -> dt.datetime | None:
     """An ISO date/datetime as a naive datetime (UTC if it had an offset), or None."""
     try:
         instant = dt.datetime.fromisoformat(text)
@@ -875,130 +851,11 @@ def _check_literal(column: str, t: pa.DataType, kind: str, value: Value) -> None
         "integer": number,
         "float": number,
         "temporal": (isinstance(value, int) and not isinstance(value, bool))
-        or (isinstance(value, str) and _parse_instant(value) is not None),
+        or (isinstance(value, str) and parse_instant(value) is not None),
     }[kind]
     if not ok:
         raise PredicateError(f"column '{column}' has type {t}; cannot compare it with {_literal_text(value)}",
                              expected=_EXPECTED_LITERAL[kind])
-
-
-# ------------------------------------------------------------------------------ evaluation
-
-
-class _Column(NamedTuple):
-    """A column ready for comparison: dictionaries decoded, floats as float64 (NaN as null, no -0.0),
-    timestamps and dates as their integer counts (with the integer type's range)."""
-
-    kind: str
-    array: Any
-    low: int = 0
-    high: int = 0
-    temporal: pa.DataType | None = None
-
-
-def _integer_range(t: pa.DataType) -> tuple[int, int]:
-    bits = t.bit_width
-    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if pa.types.is_signed_integer(t) else (0, (1 << bits) - 1)
-
-
-def _prepare(array: Any) -> _Column:
-    if pa.types.is_dictionary(array.type):
-        array = array.cast(array.type.value_type)
-    t = array.type
-    kind = _kind_of(t)
-    if kind == "float":
-        array = pc.add(array.cast(pa.float64()), 0.0)  # -0.0 + 0.0 is 0.0, so IN matches either zero
-        return _Column(kind, pc.if_else(pc.is_nan(array), pa.scalar(None, pa.float64()), array))
-    if kind == "integer":
-        return _Column(kind, array, *_integer_range(t))
-    if kind == "temporal":
-        physical = pa.int32() if pa.types.is_date32(t) else pa.int64()
-        return _Column(kind, array.cast(physical), *_integer_range(physical), temporal=t)
-    return _Column(kind, array)
-
-
-class _Frame:
-    """The data being evaluated, with each column prepared once."""
-
-    def __init__(self, data: pa.Table | pa.RecordBatch):
-        self.data = data
-        self.num_rows = data.num_rows
-        self._columns: dict[str, _Column] = {}
-
-    def column(self, name: str) -> _Column:
-        if name not in self._columns:
-            self._columns[name] = _prepare(self.data.column(name))
-        return self._columns[name]
-
-
-_MICROS_PER_UNIT = {"s": 10**6, "ms": 1000, "us": 1, "ns": Fraction(1, 1000)}
-
-
-def _exact(column: _Column, value: Value) -> int | Fraction:
-    """A numeric literal, or an ISO string as a count of the temporal column's unit, exactly."""
-    if isinstance(value, str):
-        micros = (_parse_instant(value) - dt.datetime(1970, 1, 1)) // dt.timedelta(microseconds=1)
-        t = column.temporal
-        per = (86_400 * 10**6 if pa.types.is_date32(t) else 1000 if pa.types.is_date64(t)
-               else _MICROS_PER_UNIT[t.unit])
-        return Fraction(micros) / per
-    return Fraction(value) if isinstance(value, float) else value
-
-
-def _snap(op: str, below: Any, above: Any, lowest: Any, highest: Any) -> tuple[str, Any]:
-    """Rewrite ``x op v`` for a v outside a discrete domain into a comparison with a domain value.
-
-    ``below``/``above`` are the nearest domain values under/over v (None if there is none);
-    ``lowest``/``highest`` are the domain's ends. Null x still gives null.
-    """
-    if op in ("<", "<="):
-        return ("<=", below) if below is not None else ("<", lowest)
-    if op in (">", ">="):
-        return (">=", above) if above is not None else (">", highest)
-    return ("<", lowest) if op == "=" else (">=", lowest)
-
-
-def _as_float(value: int) -> float:
-    try:
-        return float(value)
-    except OverflowError:
-        return math.inf if value > 0 else -math.inf
-
-
-def _compare(column: _Column, op: str, value: Value) -> Any:
-    array = column.array
-    if column.kind == "float":
-        operand = _as_float(value) if isinstance(value, int) else value
-        if operand != value:  # an int that no float equals: compare with its float neighbours
-            below, above = ((math.nextafter(operand, -math.inf), operand) if operand > value
-                            else (operand, math.nextafter(operand, math.inf)))
-            op, operand = _snap(op, below, above, -math.inf, math.inf)
-    elif column.kind in ("integer", "temporal"):
-        exact = _exact(column, value)
-        operand = exact
-        if exact.denominator != 1 or not column.low <= exact <= column.high:
-            below, above = math.floor(exact), math.ceil(exact)
-            below = None if below < column.low else min(below, column.high)
-            above = None if above > column.high else max(above, column.low)
-            op, operand = _snap(op, below, above, column.low, column.high)
-        operand = int(operand)
-    else:
-        operand = value
-    return _OPS[op](array, pa.scalar(operand, array.type))
-
-
-def _membership(column: _Column, values: tuple) -> Any:
-    """``x IN values`` with SQL nulls: null where x is null."""
-    array = column.array
-    if column.kind == "float":
-        keys = [float(v) + 0.0 for v in values if isinstance(v, float) or _as_float(v) == v]
-    elif column.kind in ("integer", "temporal"):
-        exact = (_exact(column, v) for v in values)
-        keys = [int(r) for r in exact if r.denominator == 1 and column.low <= r <= column.high]
-    else:
-        keys = list(values)
-    found = pc.is_in(array, value_set=pa.array(keys, array.type))
-    return pc.if_else(pc.is_null(array), pa.scalar(None, pa.bool_()), found)
 
 
 # ------------------------------------------------------------------------------- boxes
@@ -1018,7 +875,7 @@ def _cmp(a: Value, b: Value) -> int | None:
         return None
     order = (a > b) - (a < b)  # type: ignore[operator]
     if isinstance(a, str) and order:
-        ia, ib = _parse_instant(a), _parse_instant(b)  # type: ignore[arg-type]
+        ia, ib = parse_instant(a), parse_instant(b)  # type: ignore[arg-type]
         if ia is not None and ib is not None and order != (ia > ib) - (ia < ib):
             return None
     return order
@@ -1069,6 +926,11 @@ def _replaced(bounds: Bounds, changes: tuple) -> Bounds:
             _REPLACED.clear()
         hit = _REPLACED[key] = (bounds, dataclasses.replace(bounds, **dict(changes)))
     return hit[1]
+
+
+def clear_reasoning_cache() -> None:
+    """Forget memoised bounds (see :func:`_replaced`)."""
+    _REPLACED.clear()
 
 
 def _type_tagged(value: object) -> object:

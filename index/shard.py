@@ -34,8 +34,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from beamvec.index import exact, fs, layout, selection
+from beamvec.index.columns import Columns
 from beamvec.index.masks import MaskCache
-from beamvec.index.predicate import Predicate, parse
+from beamvec.index.predicate import Predicate, clear_reasoning_cache, parse
+from beamvec.index.stats import SearchStats
 
 FORMAT = "beamvec.shard"
 FORMAT_VERSION = 1
@@ -59,8 +61,6 @@ _CALIBRATION_FETCHES = (10, 128, 512)
 _CALIBRATION_MARGIN = 0.02
 # Unfiltered top-10 typically needs a few percent of the leaves: the first guess is 1/16 of them.
 _CALIBRATION_FIRST_GUESS = 16
-# Predicates whose match count and run of rows a shard remembers.
-_EXTENT_CACHE = 100_000
 # Estimated cost of each strategy in nanoseconds, measured side by side on a 2-core AVX2
 # machine (one thread each); only their ratios matter.
 _COST_DENSE_ROW = 8.0  # exact scoring, per query and row of a product shared by many queries
@@ -159,34 +159,23 @@ class SearchParams:
     leaves_scale: float = 1.0
 
 
-@dataclasses.dataclass
-class SearchStats:
-    """What a search did: queries per strategy, fallbacks, and rows scored."""
-
-    prefiltered: int = 0
-    postfiltered: int = 0
-    fallbacks: int = 0
-    rows_scored: int = 0
-
-    def add(self, other: "SearchStats") -> None:
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-
-
 @dataclasses.dataclass(frozen=True)
 class Calibration:
-    """Leaves to search, per fetch size, for recall >= target; measured on the shard's own rows.
+    """Leaves to search, per fetch size, for recall >= target; measured on calibration queries.
 
     ``leaves`` pairs each fetch size F (10, 128, 512; at most an eighth of the rows) with the fewest leaves
-    for which ScaNN's top-F holds at least ``target`` of the exact top-F. A filter of
+    for which ScaNN's top-F holds at least ``target`` (plus a margin) of the exact top-F. A filter of
     selectivity s needs about the unfiltered top-k/s, so the post-filter looks up
     the leaves for its fetch size here. ``recall`` is the unfiltered recall@10 reached.
+    ``queries`` calibration queries were used: ``log_queries`` of them from the
+    workload log (queries routed to the shard), the rest the shard's own rows.
     """
 
     leaves: tuple[tuple[int, int], ...]
     recall: float
     target: float
     queries: int
+    log_queries: int = 0
 
     @property
     def leaves_to_search(self) -> int:
@@ -202,12 +191,12 @@ class Calibration:
 
     def to_json(self) -> dict:
         return {"leaves": [list(p) for p in self.leaves], "recall": self.recall,
-                "target": self.target, "queries": self.queries}
+                "target": self.target, "queries": self.queries, "log_queries": self.log_queries}
 
     @classmethod
     def from_json(cls, obj: dict) -> "Calibration":
         return cls(tuple((int(f), int(l)) for f, l in obj["leaves"]), float(obj["recall"]),
-                   float(obj["target"]), int(obj["queries"]))
+                   float(obj["target"]), int(obj["queries"]), int(obj.get("log_queries", 0)))
 
 
 class Shard:
@@ -225,8 +214,8 @@ class Shard:
         self.scann_config = scann_config
         self.row_order = row_order
         self._searcher = searcher
-        self._masks = MaskCache(attributes)
-        self._extents: dict[Predicate, tuple[int, int, int]] = {}
+        self._columns = Columns(attributes)  # encoded once, kept by clear_caches
+        self._masks = MaskCache(self._columns, sorted_by=row_order)
 
     @property
     def num_rows(self) -> int:
@@ -247,14 +236,18 @@ class Shard:
         recall_target: float = 0.95,
         seed: int = 0,
         row_order: Sequence[str] = (),
+        calibration_queries: np.ndarray | None = None,
     ) -> "Shard":
         """Build a shard over ``vectors`` (n, d) with their ``ids`` and ``attributes`` (n rows).
 
         Rows are stored sorted by the ``row_order`` columns, then by id (see
         :mod:`beamvec.index.layout`), whatever order they come in.
         ``config`` defaults to :meth:`ShardConfig.for_shape`. The leaves to search are
-        calibrated so that unfiltered recall@10 on a sample of the rows reaches
-        ``recall_target``; ``seed`` picks that sample. The same input gives the same shard.
+        calibrated so that unfiltered recall on calibration queries reaches
+        ``recall_target`` (plus a margin): ``calibration_queries`` (m, d), past queries
+        that search this shard (e.g. a workload log's, routed here by the plan), up to
+        a cap, topped up with a sample of the shard's own rows when fewer; ``seed``
+        picks the samples. The same input gives the same shard.
         """
         exact.check_metric(metric)
         ids = ids if isinstance(ids, pa.Array) else pa.array(list(ids))
@@ -268,6 +261,15 @@ class Shard:
             raise ValueError(f"{attributes.num_rows} attribute rows for {len(vectors)} vectors")
         if not np.isfinite(vectors).all():
             raise ValueError("vectors hold NaN or infinite values; validate items first (beamvec.index.schema)")
+        if calibration_queries is not None and np.size(calibration_queries) == 0:
+            calibration_queries = None  # none reach this shard
+        if calibration_queries is not None:
+            calibration_queries = np.asarray(calibration_queries, np.float32)
+            if calibration_queries.ndim != 2 or calibration_queries.shape[1] != vectors.shape[1]:
+                raise ValueError(f"calibration queries have shape {calibration_queries.shape}; "
+                                 f"the vectors have dimension {vectors.shape[1]}")
+            if not np.isfinite(calibration_queries).all():
+                raise ValueError("calibration queries hold NaN or infinite values")
         attributes = _with_ids(attributes, ids)
         row_order = tuple(c for c in row_order if c in attributes.column_names and c != "id")
         order = layout.row_order(ids, attributes, row_order)
@@ -280,13 +282,23 @@ class Shard:
         shard = cls(ids, attributes, prepared, metric, config, Calibration((), 1.0, recall_target, 0),
                     searcher, scann_config, row_order)
         if not config.brute_force:
-            shard.calibration = shard._calibrate(recall_target, seed)
+            log = None if calibration_queries is None else exact.prepare(calibration_queries, metric)
+            shard.calibration = shard._calibrate(recall_target, seed, log)
         return shard
 
-    def _calibrate(self, target: float, seed: int) -> Calibration:
+    def _calibrate(self, target: float, seed: int, log: np.ndarray | None = None) -> Calibration:
+        """Fewest leaves per fetch size reaching ``target`` + margin on up to :data:`_CALIBRATION_QUERIES`
+        queries: the (prepared) ``log`` queries, a seeded sample of them when more, topped up
+        with a seeded sample of the shard's own rows (their own row left out of truth and result)."""
         n = self.num_rows
-        sample = np.sort(np.random.default_rng(seed).choice(n, min(_CALIBRATION_QUERIES, n), replace=False))
-        queries = self.vectors[sample]
+        rng = np.random.default_rng(seed)
+        log = np.zeros((0, self.dimension), np.float32) if log is None else log
+        if len(log) > _CALIBRATION_QUERIES:
+            log = log[np.sort(rng.choice(len(log), _CALIBRATION_QUERIES, replace=False))]
+        own = np.sort(rng.choice(n, min(_CALIBRATION_QUERIES - len(log), n), replace=False))
+        queries = np.concatenate([log, self.vectors[own]]) if len(log) else self.vectors[own]
+        # Per query, the row that is the query itself: none (-2, never a row or padding) for log queries.
+        sample = np.concatenate([np.full(len(log), -2, np.int64), own])
         sizes = [f for f in _CALIBRATION_FETCHES if f <= max(_CALIBRATION_K, n // 8)]
         truth_all, _ = exact.search_rows(self.vectors, queries, sizes[-1] + 1, self.metric)
 
@@ -326,7 +338,7 @@ class Shard:
             table.append((fetch, leaves))
             low = leaves - 1
         meets(sizes[0], table[0][1])  # measured unless the search stopped at all leaves
-        return Calibration(tuple(table), recalls[sizes[0], table[0][1]], target, len(sample))
+        return Calibration(tuple(table), recalls[sizes[0], table[0][1]], target, len(sample), len(log))
 
     def _scann_search(self, queries: np.ndarray, fetch: int, leaves: int,
                       parallel: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -345,20 +357,22 @@ class Shard:
         keys[missing] = -np.inf
         return rows, keys
 
+    @property
+    def columns(self) -> Columns:
+        """The attribute columns, encoded for predicate evaluation (kept across :meth:`clear_caches`)."""
+        return self._columns
+
+    def clear_caches(self) -> None:
+        """Forget the masks and runs of predicates seen so far."""
+        self._masks = MaskCache(self._columns, sorted_by=self.row_order)
+
     def mask(self, predicate: Predicate) -> np.ndarray | None:
         """The rows that satisfy ``predicate`` (None for no filter), cached."""
         return self._masks.mask(predicate)
 
     def _group(self, predicate: Predicate, members: np.ndarray) -> "_Group":
-        """The queries ``members`` of ``predicate`` with its mask, match count and run (cached)."""
-        mask = self.mask(predicate)
-        extent = self._extents.get(predicate)
-        if extent is None:
-            extent = _extent(mask, self.num_rows)
-            if len(self._extents) >= _EXTENT_CACHE:
-                self._extents.pop(next(iter(self._extents)))
-            self._extents[predicate] = extent
-        return _Group(predicate, mask, members, *extent)
+        """The queries ``members`` of ``predicate`` with the run of rows it matches (cached)."""
+        return _Group(predicate, members, *self._masks.run(predicate))
 
     def _post_cost(self, matches: int, k: int, params: SearchParams) -> tuple[float, int, int]:
         """(cost, fetch, leaves) of a post-filter search for a predicate with ``matches`` rows."""
@@ -408,20 +422,40 @@ class Shard:
         ``parallel=False`` keeps ScaNN on the calling thread (for callers that search
         several shards at once).
         """
+        stats = SearchStats()
+        plan = self.plan_groups(k, groups, params, stats)
+        result = self.execute(queries, k, plan, parallel)
+        result.stats.add(stats)
+        return result
+
+    def plan_groups(self, k: int, groups: dict[Predicate, np.ndarray], params: SearchParams | None = None,
+                    stats: SearchStats | None = None) -> "GroupPlan":
+        """How :meth:`execute` will search each group of queries: its run of matching rows and
+        its strategy, with every mask it needs built. This is the Python-bound part of a search,
+        so an index plans its shards on one thread and executes them on many."""
         params = params or SearchParams()
+        stats = stats or SearchStats()
+        plan = GroupPlan([], {})
+        with stats.timed("masks"):
+            for p, members in groups.items():
+                group = self._group(p, members)
+                if group.matches == 0:
+                    continue
+                post_cost, fetch, leaves = self._post_cost(group.matches, k, params)
+                pre = min(self._pre_costs(group)) <= params.prefilter_cost_ratio * post_cost
+                if pre:
+                    plan.pre.append(group)
+                else:
+                    plan.post.setdefault((fetch, leaves), []).append(group)
+                if not (pre and group.whole_run):  # post-filters and shared masked products read bits
+                    self._masks.excluded_bits(p)
+        return plan
+
+    def execute(self, queries: np.ndarray, k: int, plan: "GroupPlan", parallel: bool = True) -> "ShardResult":
+        """Search the prepared ``queries`` as ``plan`` (:meth:`plan_groups`) says."""
         result = ShardResult.empty(len(queries), k)
-        pre: list[_Group] = []
-        post: dict[tuple[int, int], list[_Group]] = {}
-        for p, members in groups.items():
-            group = self._group(p, members)
-            if group.matches == 0:
-                continue
-            post_cost, fetch, leaves = self._post_cost(group.matches, k, params)
-            if min(self._pre_costs(group)) <= params.prefilter_cost_ratio * post_cost:
-                pre.append(group)
-            else:
-                post.setdefault((fetch, leaves), []).append(group)
-        for (fetch, leaves), entries in post.items():
+        pre = list(plan.pre)
+        for (fetch, leaves), entries in plan.post.items():
             self._post_filter(queries, k, fetch, leaves, entries, result, pre, parallel)
         self._pre_filter(queries, k, pre, result)
         return result
@@ -441,12 +475,12 @@ class Shard:
         runs = []
         for g in groups:
             run, gathered = self._pre_costs(g)
-            if g.mask is None or run <= gathered:
+            if g.whole_run or run <= gathered:
                 runs.append(g)
                 continue
-            rows = np.flatnonzero(g.mask)
+            rows = g.lo + np.flatnonzero(g.local)
             result.rows[g.members], result.keys[g.members] = exact.search_rows(
-                self.vectors, queries[g.members], k, self.metric, rows)
+                self.vectors, queries[g.members], k, self.metric, rows, result.stats)
             result.stats.rows_scored += len(g.members) * len(rows)
         for batch in _shared_runs(runs):
             # From a whole byte of the packed masks; rows before a group's run never match it.
@@ -455,9 +489,11 @@ class Shard:
             members = np.concatenate([g.members for g in batch])
             sizes = [len(g.members) for g in batch]
             spans = np.repeat([(g.lo - lo, g.hi - lo) for g in batch], sizes, axis=0)
-            bits, group = _mask_stack([None if g.whole_run else self._masks.excluded_bits(g.predicate)[lo // 8:]
-                                       for g in batch], sizes, hi - lo)
-            pos, keys = exact.search_masked(self.vectors[lo:hi], queries[members], k, self.metric, spans, bits, group)
+            with result.stats.timed("masks"):
+                bits, group = _mask_stack([None if g.whole_run else self._masks.excluded_bits(g.predicate)[lo // 8:]
+                                           for g in batch], sizes, hi - lo)
+            pos, keys = exact.search_masked(self.vectors[lo:hi], queries[members], k, self.metric, spans, bits, group,
+                                            result.stats)
             result.rows[members], result.keys[members] = np.where(pos >= 0, pos + lo, -1), keys
             result.stats.rows_scored += len(members) * (hi - lo)
         result.stats.prefiltered += sum(len(g.members) for g in groups)
@@ -467,9 +503,12 @@ class Shard:
         """One ScaNN call for all queries of a fetch size, filtered at once; short queries are queued for pre-filter."""
         members = np.concatenate([g.members for g in entries])
         sizes = [len(g.members) for g in entries]
-        rows, keys = self._scann_search(queries[members], max(fetch, k), leaves, parallel)
-        bits, group = _mask_stack([self._masks.excluded_bits(g.predicate) for g in entries], sizes, self.num_rows)
-        pos, best = selection.top_k(keys, k, bits=bits, group=group, rows=rows)
+        with result.stats.timed("scann"):
+            rows, keys = self._scann_search(queries[members], max(fetch, k), leaves, parallel)
+        with result.stats.timed("masks"):
+            bits, group = _mask_stack([self._masks.excluded_bits(g.predicate) for g in entries], sizes, self.num_rows)
+        with result.stats.timed("selection"):
+            pos, best = selection.top_k(keys, k, bits=bits, group=group, rows=rows)
         got = np.take_along_axis(rows, np.maximum(pos, 0), axis=1)
         got[pos < 0] = -1
         need = np.repeat([min(k, g.matches) for g in entries], sizes)
@@ -610,32 +649,30 @@ def _shared_runs(groups: list["_Group"]) -> list[list["_Group"]]:
     return [b[3] for b in done + batches]
 
 
+class GroupPlan(NamedTuple):
+    """A shard's plan for a batch (:meth:`Shard.plan_groups`): groups to pre-filter, and groups to
+    post-filter by (fetch size, leaves)."""
+
+    pre: list["_Group"]
+    post: dict[tuple[int, int], list["_Group"]]
+
+
 class _Group(NamedTuple):
-    """Queries sharing a predicate: the predicate, its row mask (None = all rows), their positions,
-    how many rows match, and the run ``lo:hi`` of rows the matches lie in."""
+    """Queries sharing a predicate: the predicate, their positions, and where it matches
+    (:class:`beamvec.index.masks.Run`): ``matches`` rows within ``lo:hi``, ``local`` the
+    mask over that run (None when every row of it matches)."""
 
     predicate: Predicate
-    mask: np.ndarray | None
     members: np.ndarray
     matches: int
     lo: int
     hi: int
+    local: np.ndarray | None
 
     @property
     def whole_run(self) -> bool:
         """Whether every row of the run matches (the run alone says which rows are allowed)."""
-        return self.matches == self.hi - self.lo
-
-
-
-def _extent(mask: np.ndarray | None, n_rows: int) -> tuple[int, int, int]:
-    """(matching rows, first, one past the last) of a row mask (None = every row)."""
-    if mask is None:
-        return n_rows, 0, n_rows
-    matches = int(np.count_nonzero(mask))
-    if matches == 0:
-        return 0, 0, 0
-    return matches, int(np.argmax(mask)), n_rows - int(np.argmax(mask[::-1]))
+        return self.local is None
 
 
 def _mask_stack(bits: Sequence[np.ndarray | None], sizes: Sequence[int],
@@ -667,6 +704,12 @@ def group_predicates(predicates: Sequence[Predicate | str | None]) -> dict[Predi
         parsed = p if isinstance(p, Predicate) else _parse_shared(p)
         groups.setdefault(parsed, []).extend(members)
     return {p: np.asarray(sorted(m), np.int64) for p, m in groups.items()}
+
+
+def clear_predicate_caches() -> None:
+    """Forget parsed predicate texts and memoised predicate reasoning (see :meth:`Index.clear_caches`)."""
+    _parse_shared.cache_clear()
+    clear_reasoning_cache()
 
 
 @functools.lru_cache(maxsize=1 << 16)

@@ -1,23 +1,39 @@
 """Generated data sets: realistic enough to exercise every part, small enough to ship as code.
 
-* :func:`make_items`: unit-norm clustered vectors with attributes that correlate
-  with the clusters, as real catalogues do: ``category`` (skewed, most rows of a
-  cluster share a few categories), ``year`` (int, 3% null), ``price`` (float, 2%
-  null), ``explicit`` (bool) and ``bucket`` (uniform 0..999, for predicates of an
-  exact selectivity: ``bucket < 10`` matches 1% of rows).
-* :func:`make_queries`: query vectors near the items, each with a predicate drawn
-  from a skewed mix (most filter on a few popular categories).
-* :func:`selectivity_predicate`: a predicate matching a given fraction of rows.
-* :func:`queries_from_items`: queries and predicates taken from any item table
-  (each query is an item's vector, filtered on that item's own attribute values).
+Two independent workloads, so that nothing is tuned to one generator; :data:`GENERATORS`
+names them, each a :class:`Generator` of (items, predicates, queries):
+
+* ``catalog``, music-like: :func:`make_items` makes unit-norm clustered vectors with
+  attributes that correlate with the clusters, as real catalogues do: ``category``
+  (skewed, most rows of a cluster share a few categories), ``year`` (int, 3% null),
+  ``price`` (float, 2% null), ``explicit`` (bool) and ``bucket`` (uniform 0..999, for
+  predicates of an exact selectivity: ``bucket < 10`` matches 1% of rows).
+  :func:`random_predicates` draws a skewed mix (most filter on a few popular
+  categories) and :func:`make_queries` query vectors near the items.
+* ``tenants``, a multi-tenant SaaS collection: :func:`make_tenant_items` has
+  ``tenant`` (300 of them, Zipf-sized, each owning a few topical clusters),
+  ``region`` (8), ``created`` (day number, 15 years), ``score`` (float, 5% null),
+  ``priority`` (0..9, 10% null), ``archived`` (bool, more likely for old rows) and
+  ``size_kb`` (heavy-tailed). :func:`tenant_predicates` is a log-like mix (hot
+  tenants, a long tail; ranges of random width, IN, OR, NOT, IS NULL) matching from
+  none to all of the rows, and :func:`make_tenant_queries` searches near the
+  clusters of the tenant a query names.
+
+Also :func:`selectivity_predicate`, a predicate matching a given fraction of rows, and
+:func:`queries_from_items`: queries and predicates taken from any item table (each
+query is an item's vector, filtered on that item's own attribute values).
 
 Everything is a pure function of its arguments and seed.
 """
 
 from __future__ import annotations
 
+import re
+from typing import Callable, NamedTuple
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from beamvec.index.predicate import BoolColumn, Compare, Predicate, and_, not_
 from beamvec.index.schema import ID, VECTOR, validate_items, vectors_array
@@ -35,8 +51,8 @@ def _zipf_weights(n: int, exponent: float = 1.1) -> np.ndarray:
     return w / w.sum()
 
 
-def _centers(dimension: int, clusters: int, seed: int) -> np.ndarray:
-    return np.random.default_rng([seed, 1]).standard_normal((clusters, dimension)).astype(np.float32)
+def _centers(dimension: int, clusters: int, seed: int, stream: int = 1) -> np.ndarray:
+    return np.random.default_rng([seed, stream]).standard_normal((clusters, dimension)).astype(np.float32)
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -48,6 +64,15 @@ def _clustered(rng: np.random.Generator, centers: np.ndarray, n: int, spread: fl
     assignment = rng.choice(len(centers), n, p=weights)
     noise = rng.standard_normal((n, centers.shape[1])).astype(np.float32)
     return _normalise(centers[assignment] + spread * noise), assignment
+
+
+def _around(rng: np.random.Generator, centers: np.ndarray, cluster: np.ndarray, spread: float = 0.8) -> np.ndarray:
+    """Unit vectors near ``centers[cluster]`` (in place, as float32: fast for millions)."""
+    vectors = rng.standard_normal((len(cluster), centers.shape[1]), dtype=np.float32)
+    vectors *= spread
+    vectors += centers[cluster]
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors
 
 
 def make_items(n: int, dimension: int = 64, seed: int = 0, clusters: int = 64, ids: str = "int") -> pa.Table:
@@ -125,6 +150,190 @@ def make_queries(
     return pa.table(columns)
 
 
+TENANTS = 300
+REGIONS = ("us", "eu", "uk", "de", "ca", "in", "jp", "br")
+FIRST_DAY, LAST_DAY = 14_610, 20_088
+"""The range of ``created``: days since 1970-01-01, from 2010-01-01 to 2024-12-31."""
+_HOMES = 3  # clusters a tenant's data mostly lives in
+_NAMED_TENANT = re.compile(r"\btenant\s*(?:=|IN\s*\()\s*'t(\d+)'", re.IGNORECASE)
+
+
+class _Tenants(NamedTuple):
+    names: pa.Array  # 't0000', 't0001', ...
+    weight: np.ndarray  # each tenant's share of the rows
+    homes: np.ndarray  # (tenants, _HOMES) clusters
+    region: np.ndarray  # home region
+    start: np.ndarray  # first ``created`` day
+
+
+def _tenant_ranking(seed: int, tenants: int) -> np.ndarray:
+    """Tenant numbers, biggest (and most queried) first."""
+    return np.random.default_rng([seed, 21]).permutation(tenants)
+
+
+def _tenants(seed: int, tenants: int, clusters: int) -> _Tenants:
+    rng = np.random.default_rng([seed, 22])
+    weight = np.empty(tenants)
+    weight[_tenant_ranking(seed, tenants)] = _zipf_weights(tenants, 1.0)
+    return _Tenants(
+        names=pa.array([f"t{i:04d}" for i in range(tenants)]),
+        weight=weight,
+        homes=rng.choice(clusters, (tenants, _HOMES), p=_zipf_weights(clusters, 0.5)),
+        region=rng.choice(len(REGIONS), tenants, p=_zipf_weights(len(REGIONS))),
+        start=rng.integers(FIRST_DAY, LAST_DAY - 30, tenants),
+    )
+
+
+def make_tenant_items(
+    n: int, dimension: int = 64, seed: int = 0, clusters: int = 64, ids: str = "int", *, tenants: int = TENANTS,
+) -> pa.Table:
+    """``n`` rows of a multi-tenant collection: ``id`` (as in :func:`make_items`), ``vector``,
+    ``tenant``, ``region``, ``created``, ``score``, ``priority``, ``archived``, ``size_kb``.
+
+    80% of a tenant's rows lie in its few home clusters, 90% in its home region; each
+    tenant's ``created`` runs from its sign-up day to :data:`LAST_DAY`, growing over time.
+    The attributes do not depend on ``dimension``.
+    """
+    layout = _tenants(seed, tenants, clusters)
+    rng = np.random.default_rng([seed, 23])
+    tenant = rng.choice(tenants, n, p=layout.weight)
+    cluster = np.where(rng.random(n) < 0.8, layout.homes[tenant, rng.integers(0, _HOMES, n)],
+                       rng.choice(clusters, n, p=_zipf_weights(clusters, 0.5)))
+    vectors = _around(np.random.default_rng([seed, 26]), _centers(dimension, clusters, seed, stream=20), cluster)
+    region = np.where(rng.random(n) < 0.9, layout.region[tenant], rng.integers(0, len(REGIONS), n))
+    start = layout.start[tenant]
+    created = start + ((LAST_DAY - start) * np.sqrt(rng.random(n))).astype(np.int64)
+    age = (LAST_DAY - created) / (LAST_DAY - FIRST_DAY)
+    id_values = pa.array(np.arange(n, dtype=np.int64))
+    return pa.table({
+        "id": id_values if ids == "int" else pc.binary_join_element_wise("item-", id_values.cast(pa.string()), ""),
+        "vector": vectors_array(vectors),
+        "tenant": layout.names.take(pa.array(tenant)),
+        "region": pa.array(REGIONS).take(pa.array(region)),
+        "created": pa.array(created),
+        "score": pa.array(np.round(rng.beta(2, 5, n), 3), mask=rng.random(n) < 0.05),
+        "priority": pa.array(rng.choice(10, n, p=_zipf_weights(10, 0.7)), mask=rng.random(n) < 0.1),
+        "archived": pa.array(rng.random(n) < 0.05 + 0.6 * age),
+        "size_kb": pa.array(np.ceil(rng.lognormal(3.0, 1.6, n)).astype(np.int64)),
+    })
+
+
+TENANT_PREDICATE_MIX = {
+    "tenant": 0.25,  # tenant = 't0042'
+    "tenant_range": 0.20,  # ... AND created / size_kb in a range of random width
+    "tenant_in": 0.08,  # tenant IN (2..6 tenants)
+    "region_in": 0.07,  # region IN (2..6 regions) [AND priority >= p]
+    "archived": 0.08,  # NOT archived AND tenant IN (...), archived AND tenant = ...
+    "or": 0.08,  # region = 'eu' OR priority >= 8, tenant = ... AND (... OR ...)
+    "not_region": 0.05,  # NOT (region IN (...)) [AND created >= d]
+    "null": 0.06,  # IS NULL / IS NOT NULL, alone or with a tenant or region
+    "range": 0.06,  # created, size_kb or score alone
+    "none": 0.07,  # ''
+}
+"""The kinds of :func:`tenant_predicates` and their shares."""
+
+
+def tenant_predicates(n: int, seed: int = 0) -> list[str]:
+    """``n`` predicates over :func:`make_tenant_items` columns, drawn like a query log.
+
+    Kinds and shares are :data:`TENANT_PREDICATE_MIX`. Tenants are picked by a Zipf law
+    over their size (big tenants query most, a long tail of small ones), regions by
+    popularity; range widths are log-uniform (1 day to 14 years, 1 kB to 100 MB), so
+    most texts are distinct and they match anywhere from no rows to all of them.
+    """
+    rng = np.random.default_rng([seed, 24])
+    ranking = _tenant_ranking(seed, TENANTS)
+    tenant_p, region_p = _zipf_weights(TENANTS, 0.9), _zipf_weights(len(REGIONS))
+    kinds = np.asarray(list(TENANT_PREDICATE_MIX))[rng.choice(len(TENANT_PREDICATE_MIX), n,
+                                                              p=list(TENANT_PREDICATE_MIX.values()))]
+    tenants = ranking[rng.choice(TENANTS, n, p=tenant_p)]
+    regions = np.asarray(REGIONS)[rng.choice(len(REGIONS), n, p=region_p)]
+    variants = rng.integers(0, 3, n)
+
+    def some_tenants(low: int, high: int) -> list[str]:
+        chosen = rng.choice(TENANTS, int(rng.integers(low, high + 1)), replace=False, p=tenant_p)
+        return [f"'t{t:04d}'" for t in ranking[chosen]]
+
+    def some_regions(low: int, high: int) -> str:
+        chosen = rng.choice(len(REGIONS), int(rng.integers(low, high + 1)), replace=False, p=region_p)
+        return ", ".join(f"'{REGIONS[r]}'" for r in chosen)
+
+    def window() -> str:
+        if rng.random() < 0.6:
+            days = int(10 ** rng.uniform(0, 3.7))
+            if rng.random() < 0.5:
+                return f"created >= {LAST_DAY - days}"
+            low = int(rng.integers(FIRST_DAY, LAST_DAY - days))
+            return f"created BETWEEN {low} AND {low + days}"
+        kb = int(10 ** rng.uniform(0, 5))
+        return (f"size_kb >= {kb}", f"size_kb < {kb}",
+                f"size_kb BETWEEN {kb} AND {kb * int(rng.integers(2, 100))}")[int(rng.integers(3))]
+
+    out = []
+    for kind, t, r, variant in zip(kinds, tenants, regions, variants):
+        tenant, region = f"tenant = 't{t:04d}'", f"region = '{r}'"
+        if kind == "tenant":
+            out.append(tenant)
+        elif kind == "tenant_range":
+            out.append(f"{tenant} AND {window()}")
+        elif kind == "tenant_in":
+            out.append(f"tenant IN ({', '.join(some_tenants(2, 6))})")
+        elif kind == "region_in":
+            regions_in = f"region IN ({some_regions(2, 6)})"
+            out.append(f"{regions_in} AND priority >= {int(rng.integers(1, 9))}" if variant == 0 else regions_in)
+        elif kind == "archived":
+            out.append((f"NOT archived AND tenant IN ({', '.join(some_tenants(2, 6))})",
+                        f"NOT archived AND {tenant}", f"archived AND {tenant}")[variant])
+        elif kind == "or":
+            if variant == 0:
+                out.append(f"{region} OR priority >= {int(rng.integers(7, 10))}")
+            elif variant == 1:
+                score = f"score >= {rng.uniform(0.3, 0.9):.2f}"
+                out.append(f"{tenant} AND (priority >= {int(rng.integers(5, 10))} OR {score})")
+            else:
+                out.append(f"({' OR '.join(f'tenant = {x}' for x in some_tenants(2, 2))}) AND NOT archived")
+        elif kind == "not_region":
+            not_in = f"NOT (region IN ({some_regions(1, 3)}))"
+            out.append(f"{not_in} AND {window()}" if variant == 0 else not_in)
+        elif kind == "null":
+            out.append((f"{tenant} AND score IS NULL", f"priority IS NULL AND {region}",
+                        ("score IS NOT NULL", "priority IS NOT NULL")[int(rng.integers(2))])[variant])
+        elif kind == "range":
+            out.append(f"score >= {rng.uniform(0, 0.9):.2f}" if variant == 0 else window())
+        else:
+            out.append("")
+    return out
+
+
+def make_tenant_queries(
+    n: int, dimension: int = 64, seed: int = 0, clusters: int = 64,
+    predicates: list[str] | None = None, k: int | None = None,
+) -> pa.Table:
+    """``n`` queries near items made with the same ``seed`` and ``clusters`` (and default tenants).
+
+    ``predicates`` defaults to :func:`tenant_predicates`. A query whose predicate names a
+    tenant (``tenant = ...`` or ``tenant IN (...)``, the first one) mostly searches that
+    tenant's home clusters. Columns as in :func:`make_queries`.
+    """
+    predicates = predicates if predicates is not None else tenant_predicates(n, seed)
+    layout = _tenants(seed, TENANTS, clusters)
+    named = np.array([int(m.group(1)) if (m := _NAMED_TENANT.search(p or "")) else -1 for p in predicates],
+                     dtype=np.int64)
+    named[named >= TENANTS] = -1
+    rng = np.random.default_rng([seed, 25])
+    home = layout.homes[np.maximum(named, 0), rng.integers(0, _HOMES, n)]
+    cluster = np.where((named >= 0) & (rng.random(n) < 0.9), home,
+                       rng.choice(clusters, n, p=_zipf_weights(clusters, 0.5)))
+    columns = {
+        "query_id": pa.array(np.arange(n, dtype=np.int64)),
+        "vector": vectors_array(_around(rng, _centers(dimension, clusters, seed, stream=20), cluster)),
+        "predicate": pa.array(predicates, pa.string()),
+    }
+    if k is not None:
+        columns["k"] = pa.array(np.full(n, k, np.int64))
+    return pa.table(columns)
+
+
 def _filter_columns(items: pa.Table, max_distinct_share: float = 0.01) -> list[str]:
     """Attribute columns a predicate can sensibly filter on: numbers, bools, and strings
     with few distinct values (at most 100 or 1% of the rows: not free text or ids)."""
@@ -175,3 +384,20 @@ def queries_from_items(items: pa.Table, n: int, seed: int = 0, unfiltered: float
         "vector": vectors_array(valid.vectors[rows]),
         "predicate": pa.array(predicates, pa.string()),
     })
+
+
+class Generator(NamedTuple):
+    """A workload: ``items(n, dimension, seed, clusters, ids)``, ``predicates(n, seed)`` and
+    ``queries(n, dimension, seed, clusters, predicates=None, k=None)``, queries near the items
+    of the same seed."""
+
+    items: Callable[..., pa.Table]
+    predicates: Callable[..., list[str]]
+    queries: Callable[..., pa.Table]
+
+
+GENERATORS: dict[str, Generator] = {
+    "catalog": Generator(make_items, random_predicates, make_queries),
+    "tenants": Generator(make_tenant_items, tenant_predicates, make_tenant_queries),
+}
+"""The workload generators by name."""

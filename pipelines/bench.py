@@ -80,7 +80,7 @@ def selectivity_suite(num_items: int, dimension: int, num_queries: int, selectiv
                 lambda: exact.search(items.vectors, vectors, k, index.metric, [mask] * num_queries), repeats)
             truth_ids = exact.ids_of_rows(ids_column, truth)
             delta = {f.name: (getattr(index.stats, f.name) - getattr(before, f.name)) // repeats
-                     for f in dataclasses.fields(index.stats)}
+                     for f in dataclasses.fields(index.stats) if isinstance(getattr(before, f.name), int)}
             row = SelectivityRow(s, float(exact.recall(ids, truth_ids).mean()),
                                  int(((ids != -1).sum(axis=1) < (truth != -1).sum(axis=1)).sum()),
                                  num_queries / index_seconds, num_queries / oracle_seconds,

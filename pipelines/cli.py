@@ -8,6 +8,10 @@ import sys
 from importlib import metadata
 
 
+# `bench --suite compare --methods`: beamvec.pipelines.compare.METHODS (not imported: it loads the index).
+_COMPARE_METHODS = ("workload", "hash", "attribute", "kmeans", "scann", "faiss", "exact")
+
+
 def _demo(args: argparse.Namespace, extra: list[str]) -> int:
     from beamvec.pipelines import demo
 
@@ -29,7 +33,7 @@ def _bench(args: argparse.Namespace, extra: list[str]) -> int:
 
         compare.run(args.output, args.items, args.queries, args.workload, args.num_items, args.dimension,
                     args.num_queries, args.k, args.attribute, (args.min_partition_rows, args.max_partition_rows),
-                    args.repeats, args.seed, log=log)
+                    args.repeats, args.seed, log=log, generator=args.generator, methods=args.methods)
     elif args.suite == "scale":
         from beamvec.pipelines import scale
 
@@ -62,10 +66,22 @@ def _print_counts(counts: dict[str, int]) -> None:
 def _build(args: argparse.Namespace, extra: list[str]) -> int:
     from beamvec.pipelines import jobs
 
+    from beamvec.index.manifest import Manifest
+
     settings = jobs.BuildSettings(args.partitioner, args.min_partition_rows, args.max_partition_rows,
-                                  args.metric, args.sample_rows, args.seed)
+                                  args.metric, args.sample_rows, args.seed, args.recall_target)
     _print_counts(jobs.build(args.items, args.output, _beam_options(extra), args.workload, settings))
+    print(heldout_line(Manifest.read(args.output).heldout_recall, settings.recall_target))
     return 0
+
+
+def heldout_line(recall: dict | None, target: float) -> str:
+    """The closing line of ``beamvec build``: the recall measured on held-out log queries, or why there is none."""
+    if not recall or not recall.get("queries"):
+        return ("recall not measured: the workload log has no query vectors "
+                "(give --workload a Parquet file with predicate and vector columns)")
+    return (f"recall@{recall['k']} on {recall['queries']} held-out log queries: {recall['mean']:.4f} "
+            f"(most selective 10%: {recall['selective']:.4f}); build target {target:g}")
 
 
 def _query(args: argparse.Namespace, extra: list[str]) -> int:
@@ -90,13 +106,17 @@ def parser() -> argparse.ArgumentParser:
     build = sub.add_parser("build", help="build an index from items Parquet (a Beam job; Beam options pass through)")
     build.add_argument("--items", required=True, help="items Parquet file or glob")
     build.add_argument("--output", required=True, help="index directory to write")
-    build.add_argument("--workload", help="past queries: Parquet with a predicate column, or text, one per line")
+    build.add_argument("--workload", help="past queries: Parquet with a predicate column (and optionally a vector "
+                       "column: then shards calibrate on them and recall on held-out ones is reported), "
+                       "or text, one predicate per line")
     build.add_argument("--partitioner", default="workload", help="workload | hash | attribute:COL | kmeans | single")
     build.add_argument("--min-partition-rows", type=int, default=10_000)
     build.add_argument("--max-partition-rows", type=int, default=100_000)
     build.add_argument("--metric", default="dot_product", choices=["dot_product", "cosine", "squared_l2"])
     build.add_argument("--sample-rows", type=int, default=50_000)
     build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--recall-target", type=float, default=0.95,
+                       help="recall@10 each shard calibrates its search for")
     build.set_defaults(run=_build)
     query = sub.add_parser("query", help="answer a file of hybrid queries (a Beam job; Beam options pass through)")
     query.add_argument("--index", required=True)
@@ -122,8 +142,14 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--suite", choices=["compare", "scale", "selectivity", "partitions", "beam"], default="compare")
     bench.add_argument("--items", help="items Parquet (default: generated)")
     bench.add_argument("--queries", help="queries Parquet (default with --items: drawn from the items, filtered on their own values)")
-    bench.add_argument("--workload", help="past predicates for the workload partitioner (default: the queries')")
-    bench.add_argument("--attribute", default="category", help="column for the attribute:COL partitioner")
+    bench.add_argument("--workload", help="workload log (predicates, optionally vectors) for the workload partitioner "
+                       "and calibration (compare default: an independent draw like the queries, with vectors)")
+    bench.add_argument("--attribute", help="column for the attribute:COL partitioner (default: category; "
+                       "tenants generator: tenant)")
+    bench.add_argument("--generator", choices=["catalog", "tenants"], default="catalog",
+                       help="compare: synthetic generator of items, queries and workload log (without --items)")
+    bench.add_argument("--methods", nargs="+", default=list(_COMPARE_METHODS), choices=_COMPARE_METHODS,
+                       metavar="METHOD", help=f"compare: methods to run, of {' '.join(_COMPARE_METHODS)} (default all)")
     bench.add_argument("--output", default="bench", help="compare: writes OUTPUT.json, .md and .png")
     bench.add_argument("--num-items", type=int, default=200_000)
     bench.add_argument("--num-queries", type=int, default=10_000)

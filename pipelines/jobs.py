@@ -11,14 +11,18 @@ from __future__ import annotations
 import dataclasses
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from beamvec.index import querylog
 from beamvec.index.manifest import Manifest
-from beamvec.index.schema import ID, PREDICATE, QUERY_ID, results_schema
-from beamvec.transforms.build import AssignPartitions, BuildShards, FitPartitioner, WriteManifest
+from beamvec.index.querylog import QueryLog
+from beamvec.index.schema import ID, PREDICATE, QUERY_ID, VECTOR, _check_vectors, is_vector_type, results_schema, \
+    vector_dimension
+from beamvec.transforms.build import AssignPartitions, BuildShards, FitPartitioner, HeldoutRecall, WriteManifest
 from beamvec.transforms.io import ReadTables, WriteTables, read_dimension, read_schema
 from beamvec.transforms.search import HybridSearch, RelatedItems
 from beamvec.transforms.validate import DEAD_LETTER_SCHEMA, REJECTED, Validate
@@ -26,7 +30,8 @@ from beamvec.transforms.validate import DEAD_LETTER_SCHEMA, REJECTED, Validate
 
 @dataclasses.dataclass(frozen=True)
 class BuildSettings:
-    """How ``build`` partitions and indexes: partitioner spec, partition sizes, metric, sample, seed."""
+    """How ``build`` partitions and indexes: partitioner spec, partition sizes, metric, sample, seed,
+    and the recall target the shards calibrate for."""
 
     partitioner: str = "workload"
     min_partition_rows: int = 10_000
@@ -34,17 +39,39 @@ class BuildSettings:
     metric: str = "dot_product"
     sample_rows: int = 50_000
     seed: int = 0
+    recall_target: float = 0.95
 
 
-def read_workload(path: str | None) -> list[str | None]:
-    """Past query predicates: a Parquet file with a ``predicate`` column, or text with one per line."""
+def read_workload(path: str | None, dimension: int | None = None) -> QueryLog:
+    """Past queries as a :class:`QueryLog`: Parquet with a ``predicate`` column and optionally a
+    ``vector`` column (list or fixed_size_list of floats), or text with one predicate per line
+    (then the log has no vectors).
+
+    Vectors of the wrong dimension (``dimension``, default the first vector's), null,
+    or holding null, NaN or infinite values are left out of the log's vectors (their
+    predicates stay); the log counts them in ``dropped``. No path gives an empty log.
+    """
     if not path:
-        return []
+        return QueryLog([])
     with FileSystems.open(path) as f:
         data = f.read()
-    if data[:4] == b"PAR1":
-        return pq.read_table(pa.BufferReader(data), columns=[PREDICATE]).column(PREDICATE).to_pylist()
-    return [line.strip() for line in data.decode().splitlines()]
+    if data[:4] != b"PAR1":
+        return QueryLog([line.strip() for line in data.decode().splitlines()])
+    table = pq.read_table(pa.BufferReader(data))
+    if PREDICATE not in table.column_names:
+        raise ValueError(f"workload {path}: no '{PREDICATE}' column; columns are {', '.join(table.column_names)}")
+    predicates = table.column(PREDICATE).to_pylist()
+    if VECTOR not in table.column_names:
+        return QueryLog(predicates)
+    column = table.column(VECTOR)
+    if not is_vector_type(column.type):
+        raise ValueError(f"workload {path}: column '{VECTOR}' has type {column.type}; expected a list of floats")
+    dimension = dimension or vector_dimension(column)
+    if dimension is None:  # every vector is null
+        return QueryLog(predicates, dropped=table.num_rows)
+    vectors, bad = _check_vectors(column, dimension)
+    good = np.array(sorted(set(range(table.num_rows)) - set(bad)), np.int64)
+    return QueryLog(predicates, vectors[good], good, dropped=len(bad))
 
 
 def _counters(result) -> dict[str, int]:
@@ -63,21 +90,35 @@ def _run(pipeline: beam.Pipeline) -> dict[str, int]:
 
 def build(items: str, index: str, options: PipelineOptions, workload: str | None = None,
           settings: BuildSettings = BuildSettings()) -> dict[str, int]:
-    """Build an index from items Parquet at ``items`` into directory ``index``; returns the counts."""
+    """Build an index from items Parquet at ``items`` into directory ``index``; returns the counts.
+
+    The plan is fitted on every predicate of the ``workload`` log. When the log carries
+    query vectors, the shards calibrate on its calibration part and the manifest records
+    the recall reached on its held-out part (``heldout_recall``); the counts then include
+    ``workload_vectors_dropped`` when the log held unusable vectors.
+    """
     dimension = read_dimension(items)
-    id_type = read_schema(items).field(ID).type
-    predicates = read_workload(workload)
+    schema = read_schema(items)
+    id_type = schema.field(ID).type
+    log = read_workload(workload, dimension)
+    calibration, heldout = querylog.build_parts(log, schema.remove(schema.get_field_index(VECTOR)), dimension)
     p = beam.Pipeline(options=options)
     plan = p | "ReadSample" >> ReadTables(items) | "FitPartitioner" >> FitPartitioner(
-        settings.partitioner, predicates, settings.min_partition_rows, settings.max_partition_rows,
+        settings.partitioner, log.predicates, settings.min_partition_rows, settings.max_partition_rows,
         settings.sample_rows, settings.seed, dimension)
     checked = p | "ReadItems" >> ReadTables(items) | "Validate" >> Validate("items", dimension)
     built = (checked.valid | "Assign" >> AssignPartitions(plan)
-             | "BuildShards" >> BuildShards(index, plan, settings.metric, seed=settings.seed))
-    built.entries | "WriteManifest" >> WriteManifest(index, plan, settings.metric, dimension, id_type)
+             | "BuildShards" >> BuildShards(index, plan, settings.metric, recall_target=settings.recall_target,
+                                            seed=settings.seed, calibration=calibration, heldout=heldout))
+    recall = built.heldout | "HeldoutRecall" >> HeldoutRecall(len(heldout) if heldout is not None else 0,
+                                                              target=settings.recall_target)
+    built.entries | "WriteManifest" >> WriteManifest(index, plan, settings.metric, dimension, id_type, recall)
     ((checked[REJECTED], built[REJECTED]) | "Rejected" >> beam.Flatten()
      | "WriteRejected" >> WriteTables(f"{index}/rejected/items", DEAD_LETTER_SCHEMA))
-    return _run(p)
+    counts = _run(p)
+    if log.dropped:
+        counts["workload_vectors_dropped"] = log.dropped
+    return counts
 
 
 def _write_search(found: dict, output: str, query_id_type: pa.DataType, id_type: pa.DataType, extra_rejected=()):

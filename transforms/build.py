@@ -4,6 +4,12 @@ Analyze-then-apply: the partition plan is fitted once on a sample and reaches
 every worker as a singleton side input; each partition's rows are grouped onto
 one worker, which builds that partition's ScaNN shard and writes it under the
 index directory. The manifest is written last, from the entries of all shards.
+
+With a workload log that carries query vectors, its calibration part travels with
+the shard builder (a few thousand vectors at most): each worker calibrates its shard
+on the log queries the plan routes to it. The held-out part is measured shard by
+shard while each shard is still in memory (:func:`beamvec.index.querylog.heldout_partial`);
+the partials merge into the recall figure the manifest records.
 """
 
 from __future__ import annotations
@@ -20,14 +26,17 @@ from apache_beam.metrics import Metrics
 
 from beamvec.index.hashing import id_hashes
 from beamvec.index.index import id_type_name, partition_id, write_shard
+from beamvec.index import querylog
 from beamvec.index.manifest import Manifest, PartitionEntry
 from beamvec.index.plan import PartitionPlan, fit_plan, plan_from_json
+from beamvec.index.querylog import QueryLog
 from beamvec.index.schema import ID, VECTOR, Validated, validate_items, vectors_array
 from beamvec.index.shard import Shard
 from beamvec.transforms.io import Block
 from beamvec.transforms.validate import REJECTED, dead_letters
 
 _HASH = "__beamvec_hash"
+HELDOUT = "heldout"
 
 
 def _rows_table(validated: Validated) -> pa.Table:
@@ -149,12 +158,26 @@ class AssignPartitions(beam.PTransform):
 
 
 class _BuildShard(beam.DoFn):
-    def __init__(self, index_path: str, metric: str, config: str | None, recall_target: float, seed: int):
+    def __init__(self, index_path: str, metric: str, config: str | None, recall_target: float, seed: int,
+                 calibration: QueryLog | None = None, heldout: QueryLog | None = None):
         self.index_path, self.metric, self.config = index_path, metric, config
         self.recall_target, self.seed = recall_target, seed
+        self.calibration, self.heldout = calibration, heldout
         self.indexed = Metrics.counter("beamvec", "items_indexed")
         self.rejected = Metrics.counter("beamvec", "items_rejected")
         self.shards = Metrics.counter("beamvec", "shards_built")
+
+    def setup(self):
+        self._routes: dict[str, list[np.ndarray]] = {}
+
+    def _calibration_queries(self, plan_json: dict, ordinal: int) -> np.ndarray | None:
+        """The calibration log's vectors the plan routes to partition ``ordinal`` (routed once per worker)."""
+        if self.calibration is None:
+            return None
+        key = hashlib.sha256(json.dumps(plan_json, sort_keys=True).encode()).hexdigest()
+        if key not in self._routes:
+            self._routes = {key: querylog.route(cached_plan(plan_json), self.calibration)}
+        return self.calibration.vectors[self._routes[key][ordinal]]
 
     def process(self, element, plan_json: dict):
         ordinal, tables = element
@@ -171,52 +194,82 @@ class _BuildShard(beam.DoFn):
         plan = cached_plan(plan_json)
         shard = Shard.build(validated.table.column("id").combine_chunks(), validated.vectors,
                             validated.table.drop_columns([VECTOR]), metric=self.metric, config=self.config,
-                            recall_target=self.recall_target, seed=self.seed, row_order=plan.row_order)
+                            recall_target=self.recall_target, seed=self.seed, row_order=plan.row_order,
+                            calibration_queries=self._calibration_queries(plan_json, ordinal))
         description = plan.descriptions()[ordinal]
         entry = write_shard(self.index_path, partition_id(ordinal), shard, description)
         self.indexed.inc(shard.num_rows)
         self.shards.inc()
+        if self.heldout is not None and len(self.heldout):
+            yield beam.pvalue.TaggedOutput(HELDOUT, querylog.heldout_partial(shard, ordinal, plan, self.heldout))
         yield entry
 
 
 class BuildShards(beam.PTransform):
     """(partition ordinal, rows) -> one shard per partition written under ``index_path``;
-    emits manifest entries, and (output ``rejected``) rows whose id repeats within a partition."""
+    emits manifest entries, (output ``rejected``) rows whose id repeats within a partition,
+    and (output ``heldout``) each shard's share of the held-out measurement.
+
+    ``calibration``, ``heldout``: the parts of a workload log with vectors that a build
+    uses (see :func:`beamvec.index.querylog.build_parts`), or None.
+    """
 
     def __init__(self, index_path: str, plan, metric: str = "dot_product", config: str | None = None,
-                 recall_target: float = 0.95, seed: int = 0):
+                 recall_target: float = 0.95, seed: int = 0, calibration: QueryLog | None = None,
+                 heldout: QueryLog | None = None):
         super().__init__()
         self.index_path, self.plan, self.metric, self.config = index_path, plan, metric, config
         self.recall_target, self.seed = recall_target, seed
+        self.calibration, self.heldout = calibration, heldout
 
     def expand(self, keyed_rows):
         return (
             keyed_rows
             | "Group" >> beam.GroupByKey()
-            | "Build" >> beam.ParDo(_BuildShard(self.index_path, self.metric, self.config, self.recall_target, self.seed),
-                                    beam.pvalue.AsSingleton(self.plan)).with_outputs(REJECTED, main="entries")
+            | "Build" >> beam.ParDo(_BuildShard(self.index_path, self.metric, self.config, self.recall_target, self.seed,
+                                                self.calibration, self.heldout),
+                                    beam.pvalue.AsSingleton(self.plan)).with_outputs(REJECTED, HELDOUT, main="entries")
+        )
+
+
+class HeldoutRecall(beam.PTransform):
+    """Every shard's held-out partial -> the manifest's ``heldout_recall`` (a singleton; None without held-out queries)."""
+
+    def __init__(self, queries: int, k: int = querylog.HELDOUT_K, target: float | None = None):
+        super().__init__()
+        self.queries, self.k, self.target = queries, k, target
+
+    def expand(self, partials):
+        return (
+            partials
+            | "All" >> beam.combiners.ToList()
+            | "Summarize" >> beam.Map(querylog.summarize_partials, self.queries, self.k, self.target)
         )
 
 
 def _write_manifest(entries: list[PartitionEntry], plan_json: dict, index_path: str, metric: str,
-                    dimension: int, id_type: str) -> str:
-    manifest = Manifest(metric, dimension, id_type, tuple(sorted(entries, key=lambda e: e.id)), plan_json)
+                    dimension: int, id_type: str, heldout_recall: dict | None = None) -> str:
+    manifest = Manifest(metric, dimension, id_type, tuple(sorted(entries, key=lambda e: e.id)), plan_json,
+                        heldout_recall)
     manifest.write(index_path)
     return index_path
 
 
 class WriteManifest(beam.PTransform):
-    """All manifest entries + plan -> manifest.json, written once every shard is in place."""
+    """All manifest entries + plan (+ held-out recall, optional singleton) -> manifest.json,
+    written once every shard is in place."""
 
-    def __init__(self, index_path: str, plan, metric: str, dimension: int, id_type: pa.DataType):
+    def __init__(self, index_path: str, plan, metric: str, dimension: int, id_type: pa.DataType, heldout_recall=None):
         super().__init__()
         self.index_path, self.plan, self.metric, self.dimension = index_path, plan, metric, dimension
         self.id_type = id_type_name(pa.array([], id_type))
+        self.heldout_recall = heldout_recall
 
     def expand(self, entries):
+        recall = () if self.heldout_recall is None else (beam.pvalue.AsSingleton(self.heldout_recall),)
         return (
             entries
             | "All" >> beam.combiners.ToList()
             | "Write" >> beam.Map(_write_manifest, beam.pvalue.AsSingleton(self.plan), self.index_path,
-                                  self.metric, self.dimension, self.id_type)
+                                  self.metric, self.dimension, self.id_type, *recall)
         )

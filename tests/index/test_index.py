@@ -146,3 +146,107 @@ def test_a_predicate_on_a_missing_column_or_of_the_wrong_type_is_rejected_every_
             index.search(vectors, ["colour = 'red'", None], k=3)
         with pytest.raises(PredicateError):
             index.search(vectors, ["category >= 3", None], k=3)
+
+
+# --- Workload logs with query vectors: calibration on them, recall on their held-out part ---
+
+LOG_ITEMS = 30_000
+
+
+@pytest.fixture(scope="module")
+def log():
+    from beamvec.index.querylog import QueryLog
+
+    table = synthetic.make_queries(1_600, DIM, seed=5)
+    vectors = table.column("vector").combine_chunks().values.to_numpy().reshape(-1, DIM)
+    return QueryLog(table.column("predicate").to_pylist(), vectors)
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory, items, log):
+    """An index of trees (shards of 5,000-10,000 rows) built with a workload log that has vectors."""
+    from beamvec.index.plan import fit_plan
+
+    attributes = items.table.drop_columns(["vector"])
+    plan = fit_plan("workload", attributes, items.vectors, log.predicates, 5_000, 10_000)
+    path = str(tmp_path_factory.mktemp("idx") / "logged")
+    manifest = build_index(path, items.table.column("id").combine_chunks(), items.vectors, attributes, plan=plan, log=log)
+    return path, manifest
+
+
+def heldout_truth(items, heldout, k=10):
+    masks = {p: parse(p).evaluate(items.table) if p else None for p in set(heldout.predicates)}
+    rows, _ = exact.search(items.vectors, heldout.vectors, k, "dot_product", [masks[p] for p in heldout.predicates])
+    matches = np.array([items.table.num_rows if masks[p] is None else int(masks[p].sum()) for p in heldout.predicates])
+    ids = np.asarray(items.table.column("id").to_pylist() + [None], dtype=object)
+    return ids[rows], matches
+
+
+def test_manifest_records_the_recall_on_held_out_log_queries(logged, items, log):
+    path, manifest = logged
+    _, heldout = log.split()
+    index = Index.open(path)
+    assert index.manifest.heldout_recall == manifest.heldout_recall
+    found, _ = index.search(heldout.vectors, heldout.predicates, 10)
+    truth, matches = heldout_truth(items, heldout)
+    recall = exact.recall(found, truth)
+    selective = matches <= np.quantile(matches, 0.1)
+    figure = manifest.heldout_recall
+    assert figure["queries"] == len(heldout.predicates) == 400 and figure["k"] == 10 and figure["target"] == 0.95
+    assert figure["mean"] == pytest.approx(recall.mean(), abs=1e-12)
+    assert figure["selective"] == pytest.approx(recall[selective].mean(), abs=1e-12)
+    assert figure["selective_queries"] == selective.sum()
+    assert figure["mean"] >= 0.95
+
+
+def test_shards_calibrate_on_the_log_queries_routed_to_them(logged, log):
+    path, _ = logged
+    index = Index.open(path)
+    calibrations = [index.shard(o).calibration for o in range(len(index.manifest.partitions))]
+    assert all(not index.shard(o).config.brute_force for o in range(len(calibrations)))
+    assert all(c.log_queries > 0 and c.queries == 128 for c in calibrations)
+    assert max(c.log_queries for c in calibrations) == 128  # capped: unfiltered log queries reach every shard
+
+
+def test_shard_partials_merge_to_what_index_search_returns(logged, items, log):
+    from beamvec.index.querylog import heldout_partial, merge_heldout
+
+    path, _ = logged
+    _, heldout = log.split()
+    index = Index.open(path)
+    ordinal_of = {p.id: i for i, p in enumerate(index.manifest.partitions)}
+    partials = [heldout_partial(index.shard(ordinal_of[p.id]), int(p.id[1:]), index.plan, heldout)
+                for p in index.manifest.partitions]
+    approx, exact_handles, matches = merge_heldout(partials, len(heldout.predicates))
+
+    def ids_of(handles):
+        out = np.full(handles.shape, None, object)
+        for h in np.unique(handles[handles >= 0] >> 40):
+            where = (handles >= 0) & (handles >> 40 == h)
+            out[where] = np.asarray(index.shard(ordinal_of[f"p{h:05d}"]).ids.take(pa.array(handles[where] & ((1 << 40) - 1)))
+                                    .to_pylist(), object)
+        return out
+
+    found, _ = index.search(heldout.vectors, heldout.predicates, 10)
+    assert (ids_of(approx) == found).all()
+    truth, want_matches = heldout_truth(items, heldout)
+    np.testing.assert_array_equal(matches, want_matches)
+    assert exact.recall(ids_of(exact_handles), truth).min() == 1.0
+
+
+def test_a_log_without_vectors_records_nothing_and_old_manifests_still_load(tmp_path, logged):
+    from beamvec.index.manifest import Manifest
+    from beamvec.index.querylog import QueryLog
+
+    manifest = build_index(str(tmp_path), [1, 2], np.eye(2, dtype=np.float32), log=QueryLog(["", None]))
+    assert manifest.heldout_recall is None
+    with open(os.path.join(tmp_path, "manifest.json")) as f:
+        assert "heldout_recall" not in json.load(f)
+    path, built = logged
+    rewrite_manifest(path, lambda m: m.pop("heldout_recall"))  # as a build before the field existed wrote it
+    old = Manifest.read(path)
+    assert old.heldout_recall is None and old.partitions == built.partitions
+    rewrite_manifest(path, lambda m: m.update(heldout_recall=built.heldout_recall))
+    with pytest.raises(ValueError, match="dimension 5"):
+        build_index(str(tmp_path / "bad"), [1, 2], np.eye(2, dtype=np.float32),
+                    log=QueryLog(["", ""], np.ones((2, 5), np.float32)))

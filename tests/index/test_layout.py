@@ -87,7 +87,7 @@ def test_exact_pre_filter_over_runs_equals_the_oracle(clustered):
 
 def test_shared_runs_batch_every_group_once_and_merge_overlapping_runs():
     def group(lo, hi, queries):
-        return _Group(MATCH_ALL, np.zeros(10_000, bool), np.arange(queries), hi - lo, lo, hi)
+        return _Group(MATCH_ALL, np.arange(queries), hi - lo, lo, hi, None)
 
     groups = [group(0, 1000, 3), group(100, 900, 2), group(5000, 5100, 10), group(5050, 5150, 10), group(0, 10_000, 40)]
     batches = _shared_runs(groups)

@@ -11,7 +11,7 @@ import pytest
 from beamvec.index import exact, synthetic
 from beamvec.index.predicate import parse
 from beamvec.index.schema import validate_items
-from beamvec.index.shard import SearchParams, Shard, ShardConfig, ShardFormatError
+from beamvec.index.shard import Calibration, SearchParams, Shard, ShardConfig, ShardFormatError
 
 DIM = 64
 SELECTIVITIES = (0.001, 0.01, 0.1, 0.5, 1.0)
@@ -195,3 +195,32 @@ def test_bad_build_input_is_rejected():
         Shard.build([1, 2], np.ones((3, 2)))
     with pytest.raises(ValueError, match="non-empty"):
         Shard.build([], np.ones((0, 2)))
+
+
+def test_calibration_on_log_queries(data):
+    """Log queries replace the shard's own rows as calibration queries (topped up with rows when few),
+    change the calibration, and give the same shard every time."""
+    items, _ = data
+    sub = validate_items(items.table.slice(0, 10_000))
+    log = synthetic.make_queries(300, DIM, seed=3).column("vector").combine_chunks().values.to_numpy().reshape(-1, DIM)
+
+    def build(queries=None):
+        return Shard.build(sub.table.column("id"), sub.vectors, sub.table.drop_columns(["vector"]),
+                           calibration_queries=queries)
+
+    own, logged, few = build(), build(log), build(log[:20])
+    assert (own.calibration.queries, own.calibration.log_queries) == (128, 0)
+    assert (logged.calibration.queries, logged.calibration.log_queries) == (128, 128)
+    assert (few.calibration.queries, few.calibration.log_queries) == (128, 20)
+    assert logged.calibration != own.calibration and logged.calibration.recall >= 0.97
+    assert build(np.zeros((0, DIM), np.float32)).calibration == own.calibration  # no log query reaches it
+    again = build(log)
+    assert again.calibration == logged.calibration
+    queries = log[-60:]
+    np.testing.assert_array_equal(again.search(queries, 10).rows, logged.search(queries, 10).rows)
+    # Recorded in the header; headers written before the field existed still load.
+    assert logged.header()["calibration"]["log_queries"] == 128
+    old = {k: v for k, v in own.calibration.to_json().items() if k != "log_queries"}
+    assert Calibration.from_json(old) == own.calibration
+    with pytest.raises(ValueError, match="calibration queries have shape"):
+        build(log[:, :5])

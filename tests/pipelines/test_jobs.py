@@ -44,13 +44,16 @@ def data(tmp_path_factory):
     queries = synthetic.make_queries(300, DIM, seed=11, predicates=predicates)
     pq.write_table(_with_bad_queries(queries), root / "queries.parquet")
     (root / "workload.txt").write_text("\n".join(synthetic.random_predicates(600, seed=12)))
+    # The same predicates with query vectors: shards then calibrate on them and held-out recall is measured.
+    pq.write_table(synthetic.make_queries(600, DIM, seed=11, predicates=synthetic.random_predicates(600, seed=12)),
+                   root / "workload.parquet")
     return root, items, queries
 
 
-def run_jobs(root, name, args):
+def run_jobs(root, name, args, workload="workload.txt"):
     options = PipelineOptions(args)
     index, out = str(root / f"index-{name}"), str(root / f"out-{name}")
-    build_counts = jobs.build(str(root / "items-*.parquet"), index, options, str(root / "workload.txt"), SETTINGS)
+    build_counts = jobs.build(str(root / "items-*.parquet"), index, options, str(root / workload), SETTINGS)
     query_counts = jobs.query(index, str(root / "queries.parquet"), out, options, k=10)
     return index, out, build_counts, query_counts
 
@@ -141,11 +144,12 @@ def portable_services():
 def test_all_runners_give_the_same_index_and_neighbors(data, direct, portable_services):
     root = data[0]
     job_port, pool_port = portable_services
-    runs = {
-        "multi": run_jobs(root, "multi", ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]),
+    runs = {  # with the log that has vectors (same predicates, so the same plan): held-out partials cross processes
+        "multi": run_jobs(root, "multi", ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+                          "workload.parquet"),
         "portable": run_jobs(root, "portable", [
             "--runner=PortableRunner", f"--job_endpoint=localhost:{job_port}",
-            "--environment_type=EXTERNAL", f"--environment_config=localhost:{pool_port}"]),
+            "--environment_type=EXTERNAL", f"--environment_config=localhost:{pool_port}"], "workload.parquet"),
     }
     expected = neighbors(direct[1])
     partitions = [(p.id, p.rows, p.description) for p in Index.open(direct[0]).manifest.partitions]
@@ -153,3 +157,79 @@ def test_all_runners_give_the_same_index_and_neighbors(data, direct, portable_se
         assert [(p.id, p.rows, p.description) for p in Index.open(index).manifest.partitions] == partitions, name
         assert neighbors(out) == expected, name
         assert build_counts["items_indexed"] == direct[2]["items_indexed"], name
+    recalls = [Index.open(index).manifest.heldout_recall for index, *_ in runs.values()]
+    assert recalls[0] == recalls[1] and recalls[0]["queries"] == 150 and recalls[0]["mean"] == 1.0  # brute-force shards
+
+
+# --- Workload logs with query vectors ---
+
+def test_read_workload_from_parquet_with_and_without_vectors_and_from_text(tmp_path):
+    log = synthetic.make_queries(6, DIM, seed=3)
+    vectors = log.column("vector").combine_chunks().values.to_numpy().reshape(-1, DIM)
+    pq.write_table(log.select(["predicate"]), tmp_path / "predicates.parquet")
+    only = jobs.read_workload(str(tmp_path / "predicates.parquet"), DIM)
+    assert only.predicates == log.column("predicate").to_pylist() and only.vectors is None and not only.has_vectors
+    pq.write_table(log, tmp_path / "log.parquet")
+    full = jobs.read_workload(str(tmp_path / "log.parquet"), DIM)
+    assert full.predicates == only.predicates and full.dropped == 0
+    np.testing.assert_array_equal(full.vectors, vectors)
+    # Bad vectors leave the vectors part (counted), never the predicates.
+    rows = [list(v) for v in vectors]
+    rows[1], rows[3][0], rows[4] = rows[1][:-1], float("nan"), None
+    bad = pa.table({"predicate": log.column("predicate"), "vector": pa.array(rows, pa.list_(pa.float64()))})
+    pq.write_table(bad, tmp_path / "bad.parquet")
+    read_bad = jobs.read_workload(str(tmp_path / "bad.parquet"), DIM)
+    assert read_bad.predicates == only.predicates and read_bad.dropped == 3
+    np.testing.assert_array_equal(read_bad.vector_rows, [0, 2, 5])
+    np.testing.assert_allclose(read_bad.queries().vectors, vectors[[0, 2, 5]])
+    assert read_bad.queries().predicates == [only.predicates[i] for i in (0, 2, 5)]
+    (tmp_path / "log.txt").write_text("category = 'rock'\n\nyear > 2000\n")
+    text = jobs.read_workload(str(tmp_path / "log.txt"))
+    assert text.predicates == ["category = 'rock'", "", "year > 2000"] and text.vectors is None
+    assert len(jobs.read_workload(None)) == 0
+    with pytest.raises(ValueError, match="no 'predicate' column"):
+        pq.write_table(log.select(["vector"]), tmp_path / "nopredicate.parquet")
+        jobs.read_workload(str(tmp_path / "nopredicate.parquet"))
+
+
+def test_beam_build_calibrates_on_the_log_and_reports_held_out_recall(tmp_path, capsys):
+    """`beamvec build` on a log with vectors: shards calibrated on log queries, and the held-out
+    figure the Beam job merged from per-shard partials equals the in-process measurement of that index."""
+    from beamvec.index import querylog
+    from beamvec.pipelines import cli
+
+    dim = 32
+    items = synthetic.make_items(20_000, dim, seed=21)
+    pq.write_table(items.slice(0, 10_000), tmp_path / "items-0.parquet")
+    pq.write_table(items.slice(10_000), tmp_path / "items-1.parquet")
+    log_table = synthetic.make_queries(1_200, dim, seed=21)
+    pq.write_table(log_table, tmp_path / "log.parquet")
+    index = str(tmp_path / "index")
+    cli.main(["build", "--items", str(tmp_path / "items-*.parquet"), "--output", index,
+              "--workload", str(tmp_path / "log.parquet"), "--min-partition-rows", "5000", "--max-partition-rows", "10000"])
+    opened = Index.open(index)
+    figure = opened.manifest.heldout_recall
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == (f"recall@10 on 300 held-out log queries: {figure['mean']:.4f} "
+                    f"(most selective 10%: {figure['selective']:.4f}); build target 0.95")
+    calibrations = [opened.shard(o).calibration for o in range(len(opened.manifest.partitions))]
+    assert len(calibrations) >= 2 and all(c.log_queries > 0 for c in calibrations)
+
+    valid = validate_items(items)
+    log = jobs.read_workload(str(tmp_path / "log.parquet"), dim)
+    calibration, heldout = querylog.build_parts(log, valid.table.drop_columns(["vector"]).schema, dim)
+    assert len(heldout) == 300
+    in_process = querylog.measure_index(opened, heldout, valid.table.column("id").combine_chunks(), valid.vectors,
+                                        valid.table.drop_columns(["vector"]), target=0.95)
+    assert figure == in_process
+    # The calibration queries each shard got are the log queries the plan routes to it.
+    routed = querylog.route(opened.plan, calibration)
+    assert [c.log_queries for c in calibrations] == [min(128, len(routed[int(p.id[1:])]))
+                                                     for p in opened.manifest.partitions]
+
+
+def test_build_without_log_vectors_says_nothing_was_measured(data, direct, capsys):
+    from beamvec.pipelines import cli
+
+    assert Index.open(direct[0]).manifest.heldout_recall is None
+    assert cli.heldout_line(None, 0.95).startswith("recall not measured: the workload log has no query vectors")

@@ -1,0 +1,144 @@
+"""Zone maps: which partitions a predicate can match, decided from the partitions' own values.
+
+For every column a predicate reads, each partition is summarised once (lazily,
+then kept): a partition with at most :data:`MAX_LISTED` distinct values lists
+them; a larger one keeps its smallest and largest value; both record whether the
+column holds nulls and non-null values. An atom is then judged for all partitions
+at once, with the same exact comparisons that evaluate rows
+(:mod:`beamvec.index.columns`):
+
+* over listed values, exactly: can the atom be true (false) on some value?
+* over a range, soundly: ``x = v`` can be true only if min <= v <= max, ``x < v``
+  only if min < v, and so on (it may say "can" where no row matches, never "cannot"
+  where one does).
+
+Atoms combine by Kleene logic over the two possibilities (can be true, can be
+false), as :func:`beamvec.index.predicate.may_match` does over a plan's partition
+descriptions; the data's own bounds are as tight as a description or tighter. A
+partition is searched only where the predicate can be true.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from beamvec.index.columns import Column, Columns, atom_mask, compare, encode, holds, membership
+from beamvec.index.predicate import Between, Compare, In, IsNull, MatchAll, Predicate
+
+Masks = tuple[np.ndarray, np.ndarray]
+"""Per partition: whether an atom can be true, and whether it can be false."""
+
+MAX_LISTED = 64
+"""A partition lists a column's distinct values when it has at most this many."""
+
+
+class _ColumnZones(NamedTuple):
+    """One column over all partitions: listed values (with their partition), range ends, nulls."""
+
+    listed: Column  # the distinct values of listed partitions, concatenated
+    owner: np.ndarray  # partition of each listed value
+    ranged: np.ndarray  # partitions summarised by a range
+    low: Column  # their smallest values, in the order of ``ranged``
+    high: Column  # their largest values
+    has_null: np.ndarray  # per partition
+    has_value: np.ndarray  # per partition
+
+
+class ZoneMaps:
+    """Zone maps over the partitions whose rows ``columns`` hold (one :class:`Columns` each)."""
+
+    def __init__(self, columns: Sequence[Columns]):
+        self.partitions = len(columns)
+        self._parts = list(columns)
+        self._zones: dict[str, _ColumnZones] = {}
+
+    def may_match(self, predicate: Predicate) -> np.ndarray:
+        """Per partition, False only if no row of it can satisfy ``predicate``."""
+        if isinstance(predicate, MatchAll):
+            return np.ones(self.partitions, bool)
+        return holds(predicate, self._possible, self.partitions)
+
+    def _column(self, name: str) -> _ColumnZones:
+        zones = self._zones.get(name)
+        if zones is None:
+            zones = self._zones[name] = _summarise([part.column(name) for part in self._parts])
+        return zones
+
+    def _possible(self, atom: Predicate, truth: bool) -> np.ndarray:
+        """Per partition, whether ``atom`` can be true (``truth``), or false, on one of its rows."""
+        z = self._column(atom.column)  # type: ignore[attr-defined]
+        if isinstance(atom, IsNull):
+            return z.has_null if truth != atom.negated else z.has_value
+        out = np.zeros(self.partitions, bool)
+        if len(z.owner):  # exact over the listed values
+            out[z.owner[atom_mask(z.listed, atom, truth)]] = True
+        if len(z.ranged):
+            out[z.ranged] = _ranged(z, atom)[0 if truth else 1]
+        return out & z.has_value
+
+
+def _ranged(z: _ColumnZones, atom: Predicate) -> Masks:
+    """Whether ``atom`` can be true, and false, in partitions known by [low, high] only (sound)."""
+    low, high = z.low, z.high
+
+    def some(op: str, value) -> np.ndarray:  # some x in [low, high] has x op value
+        if op in ("<", "<="):
+            return compare(low, op, value)
+        if op in (">", ">="):
+            return compare(high, op, value)
+        if op == "=":
+            return compare(low, "<=", value) & compare(high, ">=", value)
+        return compare(low, "!=", value) | compare(high, "!=", value)  # "!="
+
+    if isinstance(atom, Compare):
+        opposite = {"=": "!=", "!=": "=", "<": ">=", "<=": ">", ">": "<=", ">=": "<"}[atom.op]
+        return some(atom.op, atom.value), some(opposite, atom.value)
+    if isinstance(atom, Between):
+        inside = some(">=", atom.low) & some("<=", atom.high)
+        outside = some("<", atom.low) | some(">", atom.high)
+        return (outside, inside) if atom.negated else (inside, outside)
+    if isinstance(atom, In):
+        inside = np.logical_or.reduce([some("=", v) for v in atom.values])
+        outside = (_decoded(low) != _decoded(high)) | ~membership(low, atom.values)
+        return (outside, inside) if atom.negated else (inside, outside)
+    raise TypeError(f"not an atom: {atom!r}")
+
+
+def _decoded(column: Column) -> np.ndarray:
+    return column.dictionary[column.values] if column.kind == "string" else column.values
+
+
+def _summarise(columns: list[Column]) -> _ColumnZones:
+    """Zones of one column from its encoded form in every partition."""
+    count = len(columns)
+    listed, owner, ranged, lows, highs = [], [], [], [], []
+    has_null = np.array([c.valid is not None and not c.valid.all() for c in columns], bool)
+    has_value = np.zeros(count, bool)
+    for p, c in enumerate(columns):
+        present = c.values if c.valid is None else c.values[c.valid]
+        if not len(present):
+            continue
+        has_value[p] = True
+        distinct = np.unique(present)
+        if c.kind == "string":
+            distinct = c.dictionary[distinct]
+        if len(distinct) <= MAX_LISTED:
+            listed.append(distinct)
+            owner.append(np.full(len(distinct), p, np.int64))
+        else:
+            ranged.append(p)
+            lows.append(distinct[0])
+            highs.append(distinct[-1])
+    first = columns[0]
+
+    def column_of(values: list) -> Column:
+        if first.kind == "string":
+            return encode(pa.array(values, pa.string()))
+        return first._replace(values=np.asarray(values, first.values.dtype), valid=None, dictionary=None)
+
+    listed_values = list(np.concatenate(listed)) if listed else []
+    return _ColumnZones(column_of(listed_values), np.concatenate(owner) if owner else np.zeros(0, np.int64),
+                        np.asarray(ranged, np.int64), column_of(lows), column_of(highs), has_null, has_value)
