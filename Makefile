@@ -13,6 +13,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check index transforms pipelines tests
 	$(PY) -m pytest
 
 demo: $(STAMP)

@@ -30,7 +30,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from beamvec.index.predicate import (
-    And, Between, BoolColumn, Compare, In, IsNull, MatchAll, Not, Or, Predicate, PredicateError, Value, kind_of,
+    And,
+    Between,
+    BoolColumn,
+    Compare,
+    In,
+    IsNull,
+    MatchAll,
+    Not,
+    Or,
+    Predicate,
+    PredicateError,
+    Value,
+    kind_of,
     parse_instant,
 )
 
@@ -247,3 +259,12 @@ def membership(column: Column, values: tuple) -> np.ndarray:
     if len(keys) == 1:
         return column.values == keys[0]
     return np.isin(column.values, np.asarray(keys, column.values.dtype))
+
+
+def masks_of(data: pa.Table | pa.RecordBatch, texts) -> dict:
+    """Each distinct predicate text's row mask over ``data`` (None for no filter: None or ''),
+    validated, with the columns encoded once for all of them."""
+    from beamvec.index.predicate import parse
+
+    columns = Columns(data)
+    return {t: parse(t).evaluate(columns) if t else None for t in set(texts)}

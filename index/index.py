@@ -22,9 +22,9 @@ from beamvec.index import exact, fs
 from beamvec.index.manifest import Manifest, ManifestError, PartitionEntry, check_relative_path, checksum
 from beamvec.index.plan import PartitionPlan, SinglePlan, plan_from_json
 from beamvec.index.predicate import MATCH_ALL, Predicate
-from beamvec.index.zones import ZoneMaps
-from beamvec.index.stats import SearchStats
 from beamvec.index.shard import SearchParams, Shard, clear_predicate_caches, group_predicates
+from beamvec.index.stats import SearchStats
+from beamvec.index.zones import ZoneMaps
 
 if TYPE_CHECKING:
     from beamvec.index.querylog import QueryLog

@@ -23,7 +23,6 @@ from beamvec.index import kmeans, layout
 from beamvec.index.hashing import id_hashes
 from beamvec.index.predicate import MATCH_ALL, Box, Predicate, may_match, parse
 
-
 _ROUTE_CACHE = 100_000
 
 

@@ -30,10 +30,13 @@ import datetime as dt
 import functools
 import math
 import re
-from typing import Any, Iterator, Mapping, NamedTuple, NoReturn, Union
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, NamedTuple, NoReturn, Union
 
 import numpy as np
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    from beamvec.index.columns import Columns
 
 Value = Union[str, int, float, bool]
 """A literal: str, int, float (finite) or bool. int and float are distinct values."""
@@ -135,17 +138,17 @@ class Predicate:
         for atom in self.atoms():
             atom._check(schema)
 
-    def evaluate(self, data: pa.Table | pa.RecordBatch) -> np.ndarray:
+    def evaluate(self, data: pa.Table | pa.RecordBatch | Columns) -> np.ndarray:
         """The rows of ``data`` for which the predicate is true, as a bool array.
 
-        To evaluate many predicates over the same rows, keep one
-        :class:`beamvec.index.columns.Columns` (or a :class:`beamvec.index.masks.MaskCache`):
-        it encodes each column once.
+        Each column read is encoded first (:class:`beamvec.index.columns.Columns`): to
+        evaluate many predicates over the same rows, pass one ``Columns(table)`` to each
+        call (or use a :class:`beamvec.index.masks.MaskCache`), so columns are encoded once.
         """
         from beamvec.index.columns import Columns
 
         self.validate(data.schema)
-        return Columns(data).evaluate(self)
+        return (data if isinstance(data, Columns) else Columns(data)).evaluate(self)
 
     def __eq__(self, other: object) -> bool:
         if self is other:

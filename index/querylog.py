@@ -299,6 +299,7 @@ def measure_index(index, heldout: QueryLog, ids: pa.Array, vectors: np.ndarray, 
     there are no held-out queries.
     """
     from beamvec.index import exact
+    from beamvec.index.columns import Columns
     from beamvec.index.shard import group_predicates
 
     n = len(heldout.predicates)
@@ -307,8 +308,9 @@ def measure_index(index, heldout: QueryLog, ids: pa.Array, vectors: np.ndarray, 
     found, _ = index.search(heldout.vectors, heldout.predicates, k)
     masks: list = [None] * n
     matches = np.full(n, len(vectors), np.int64)
+    columns = Columns(table)
     for predicate, members in group_predicates(heldout.predicates).items():
-        mask = None if isinstance(predicate, MatchAll) else predicate.evaluate(table)
+        mask = None if isinstance(predicate, MatchAll) else predicate.evaluate(columns)
         for i in members:
             masks[i] = mask
         if mask is not None:

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from beamvec.index import Index, build_index, exact, synthetic
-from beamvec.index.predicate import parse
+from beamvec.index.columns import masks_of
 from beamvec.index.schema import validate_items
 
 
@@ -75,7 +75,7 @@ def selectivity_suite(num_items: int, dimension: int, num_queries: int, selectiv
             index.search(vectors[:100], predicates[:100], k)  # warm-up: loads, caches the mask
             before = dataclasses.replace(index.stats)
             index_seconds, (ids, _) = median_time(lambda: index.search(vectors, predicates, k), repeats)
-            mask = parse(text).evaluate(items.table) if text else None
+            mask = masks_of(items.table, [text])[text]
             oracle_seconds, (truth, _) = median_time(
                 lambda: exact.search(items.vectors, vectors, k, index.metric, [mask] * num_queries), repeats)
             truth_ids = exact.ids_of_rows(ids_column, truth)
@@ -128,7 +128,7 @@ def partition_suite(num_items: int, dimension: int, num_queries: int, min_rows: 
     vectors = queries.column("vector").combine_chunks().values.to_numpy().reshape(-1, dimension)
     attributes = items.table.drop_columns(["vector"])
     sample = np.sort(np.random.default_rng(seed).choice(num_items, min(sample_rows, num_items), replace=False))
-    masks = {p: parse(p).evaluate(items.table) if p else None for p in set(test_half)}
+    masks = masks_of(items.table, test_half)
     lower = float(np.mean([num_items if masks[p] is None else masks[p].sum() for p in test_half]))
     rows, plans = [], {}
     for spec in ("workload", "hash", "attribute:category", "kmeans"):
@@ -210,7 +210,7 @@ def beam_suite(num_items: int, dimension: int, num_queries: int, min_rows: int, 
         ids, _ = index.search(vectors, predicates, k)
         figures["search_seconds"] = time.perf_counter() - start
     valid = validate_items(items)
-    masks = {p: parse(p).evaluate(valid.table) if p else None for p in set(predicates)}
+    masks = masks_of(valid.table, predicates)
     truth, _ = exact.search(valid.vectors, vectors, k, "dot_product", [masks[p] for p in predicates])
     by_query = {r["query_id"]: [n["id"] for n in r["neighbors"]] for r in results.to_pylist()}
     beam_ids = np.array([(by_query[q] + [-1] * k)[:k] for q in range(num_queries)])

@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beamvec.index import Index, exact, synthetic
+from beamvec.index.columns import masks_of
 from beamvec.index.plan import plan_from_json, rows_scanned
-from beamvec.index.predicate import parse
 from beamvec.index.schema import validate_items
 from beamvec.pipelines import jobs
 
@@ -95,7 +95,7 @@ def run(num_items: int = 50_000, num_queries: int = 5_000, dimension: int = 64, 
         f"+ rejected {dead.num_rows}; {num_queries / query_seconds:,.0f} queries/s through Beam")
 
     valid = validate_items(items)
-    masks = {p: parse(p).evaluate(valid.table) if p else None for p in set(predicates)}
+    masks = masks_of(valid.table, predicates)
     vectors = queries.column("vector").combine_chunks().values.to_numpy().reshape(-1, dimension)
     start = time.perf_counter()
     truth, _ = exact.search(valid.vectors, vectors, k, "dot_product", [masks[p] for p in predicates])
@@ -126,7 +126,8 @@ def run(num_items: int = 50_000, num_queries: int = 5_000, dimension: int = 64, 
     rel_valid = validate_items(sample)
     rel_predicates = [f"category = '{c}' AND id != {i}" for c, i in
                       zip(rel_valid.table.column("category").to_pylist(), rel_valid.table.column("id").to_pylist())]
-    rel_masks = [parse(p).evaluate(valid.table) for p in rel_predicates]
+    rel_masks_of = masks_of(valid.table, rel_predicates)
+    rel_masks = [rel_masks_of[p] for p in rel_predicates]
     rel_truth, _ = exact.search(valid.vectors, rel_valid.vectors, k, "dot_product", rel_masks)
     log(f"related items: {related.num_rows} items in {time.perf_counter() - start:.1f} s, recall@{k} "
         f"{_recall(related, rel_truth, id_column, rel_valid.table.column('id').to_pylist()):.4f}")

@@ -5,10 +5,10 @@ import os
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pytest
 
 from beamvec.index import Index, ManifestError, build_index, exact, synthetic
+from beamvec.index.columns import masks_of
 from beamvec.index.manifest import check_relative_path
 from beamvec.index.plan import AttributePlan
 from beamvec.index.predicate import PredicateError, parse
@@ -35,7 +35,7 @@ def by_category():
 
 
 def truth_ids(items, vectors, predicates, k=10):
-    masks = {p: parse(p).evaluate(items.table) if p else None for p in set(predicates)}
+    masks = masks_of(items.table, predicates)
     rows, scores = exact.search(items.vectors, vectors, k, "dot_product", [masks[p] for p in predicates])
     ids = np.asarray(items.table.column("id").to_pylist() + [None], dtype=object)
     return ids[rows], scores
@@ -175,7 +175,7 @@ def logged(tmp_path_factory, items, log):
 
 
 def heldout_truth(items, heldout, k=10):
-    masks = {p: parse(p).evaluate(items.table) if p else None for p in set(heldout.predicates)}
+    masks = masks_of(items.table, heldout.predicates)
     rows, _ = exact.search(items.vectors, heldout.vectors, k, "dot_product", [masks[p] for p in heldout.predicates])
     matches = np.array([items.table.num_rows if masks[p] is None else int(masks[p].sum()) for p in heldout.predicates])
     ids = np.asarray(items.table.column("id").to_pylist() + [None], dtype=object)
@@ -250,3 +250,31 @@ def test_a_log_without_vectors_records_nothing_and_old_manifests_still_load(tmp_
     with pytest.raises(ValueError, match="dimension 5"):
         build_index(str(tmp_path / "bad"), [1, 2], np.eye(2, dtype=np.float32),
                     log=QueryLog(["", ""], np.ones((2, 5), np.float32)))
+
+
+def test_a_fresh_batch_answers_as_a_repeated_one_and_the_profile_says_where_time_went(partitioned, queries):
+    vectors, predicates = queries
+    index = Index.open(partitioned)
+    first = index.search(vectors, predicates, 10)
+    assert all(index.stats.seconds[phase] > 0 for phase in ("predicates", "routing", "masks", "merge"))
+    assert index.stats.seconds["scoring"] + index.stats.seconds["scann"] > 0
+    assert "masks" in index.stats.profile()
+    shard = index.shard(0)
+    assert len(shard._masks) > 0
+    index.clear_caches()
+    assert len(shard._masks) == 0 and not index._validated  # nothing learnt from predicates is kept
+    again = index.search(vectors, predicates, 10)
+    np.testing.assert_array_equal(again[0], first[0])
+    np.testing.assert_array_equal(again[1], first[1])
+
+
+def test_zone_maps_route_a_query_only_to_shards_that_can_match(partitioned, queries):
+    vectors, _ = queries
+    index = Index.open(partitioned)
+    index.search(vectors[:5], ["category = 'rock'"] * 5, 10)
+    assert index.partitions_searched == 5  # the 'rock' shard only: the others hold no 'rock' row
+    for nowhere in ("category = 'nope'", "year >= 2100", "category = 'rock' AND year < 1900"):
+        ids, _ = index.search(vectors[:5], [nowhere] * 5, 10)
+        assert (ids == None).all()  # noqa: E711
+    assert index.partitions_searched == 5  # no shard holds a match, so none is searched (descriptions allow some)
+    assert len(index.plan._reachable(parse("year >= 2100"))) == 4

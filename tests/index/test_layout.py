@@ -5,6 +5,7 @@ import pyarrow as pa
 import pytest
 
 from beamvec.index import exact, layout, synthetic
+from beamvec.index.columns import masks_of
 from beamvec.index.plan import fit_plan, plan_from_json
 from beamvec.index.predicate import MATCH_ALL, parse
 from beamvec.index.schema import validate_items
@@ -78,7 +79,7 @@ def test_exact_pre_filter_over_runs_equals_the_oracle(clustered):
     vectors = np.concatenate([queries, queries[:3]])[:len(predicates)]
     result = shard.search(vectors, 10, predicates, SearchParams(prefilter_cost_ratio=1e9))
     assert result.stats.prefiltered == sum(p != "category = 'none'" for p in predicates)  # no match: no search
-    masks = {p: parse(p).evaluate(items.table) if p else None for p in set(predicates)}
+    masks = masks_of(items.table, predicates)
     truth, scores = exact.search(items.vectors, vectors, 10, "dot_product", [masks[p] for p in predicates])
     found = np.where(result.rows >= 0, shard.ids.to_numpy()[np.maximum(result.rows, 0)], -1)
     np.testing.assert_array_equal(found, truth)

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from beamvec.index import Index, build_index, exact, synthetic
+from beamvec.index.columns import masks_of
 from beamvec.index.plan import HashPlan, fit_plan, plan_from_json, rows_scanned
 from beamvec.index.predicate import parse
 from beamvec.index.qdtree import QdTreePlan, Workload
@@ -144,7 +145,7 @@ def test_workload_plan_results_match_the_oracle(skewed):
     vectors = queries.column("vector").combine_chunks().values.to_numpy().reshape(-1, 32)
     index = Index.open(path)
     ids, _ = index.search(vectors, test_half, 10)
-    masks = {p: parse(p).evaluate(items.table) if p else None for p in set(test_half)}
+    masks = masks_of(items.table, test_half)
     truth, _ = exact.search(items.vectors, vectors, 10, "dot_product", [masks[p] for p in test_half])
     id_column = items.table.column("id").to_numpy()
     truth_ids = np.where(truth >= 0, id_column[np.maximum(truth, 0)], -1)

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from beamvec.index import exact, synthetic
-from beamvec.index.predicate import parse
+from beamvec.index.columns import masks_of
 from beamvec.index.schema import validate_items
 from beamvec.index.shard import Calibration, SearchParams, Shard, ShardConfig, ShardFormatError
 
@@ -31,7 +31,7 @@ def shard(data):
 
 
 def oracle(items, queries, predicates, k, metric="dot_product"):
-    masks = {p: parse(p).evaluate(items.table) if p else None for p in set(predicates)}
+    masks = masks_of(items.table, predicates)
     return exact.search(items.vectors, queries, k, metric, [masks[p] for p in predicates])
 
 
@@ -101,7 +101,7 @@ def test_other_metrics_match_the_oracle(data, metric):
     shard = Shard.build(sub.table.column("id"), vectors, sub.table.drop_columns(["vector"]), metric=metric)
     predicates = ["", "bucket < 100"] * 50
     result = shard.search(queries, 10, predicates)
-    masks = {p: parse(p).evaluate(sub.table) if p else None for p in set(predicates)}
+    masks = masks_of(sub.table, predicates)
     truth, truth_scores = exact.search(vectors, queries, 10, metric, [masks[p] for p in predicates])
     assert exact.recall(result.rows, truth).mean() >= 0.95
     exact_rows = result.rows[:, 0] == truth[:, 0]

@@ -15,7 +15,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beamvec.index import Index, exact, synthetic
-from beamvec.index.predicate import parse
+from beamvec.index.columns import masks_of
 from beamvec.index.schema import validate_items
 from beamvec.pipelines import jobs
 from beamvec.pipelines.demo import _with_bad_queries, _with_bad_rows
@@ -80,7 +80,7 @@ def test_results_match_the_exact_oracle(data, direct):
     _, out, _, _ = direct
     valid = validate_items(items)
     predicates = queries.column("predicate").to_pylist()
-    masks = {p: parse(p).evaluate(valid.table) if p else None for p in set(predicates)}
+    masks = masks_of(valid.table, predicates)
     vectors = queries.column("vector").combine_chunks().values.to_numpy().reshape(-1, DIM)
     truth, _ = exact.search(valid.vectors, vectors, 10, "dot_product", [masks[p] for p in predicates])
     got = neighbors(out)
