@@ -20,11 +20,15 @@ from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from beamvec.index import kmeans
 from beamvec.index.plan import PartitionPlan
-from beamvec.index.predicate import MATCH_ALL, Box, Predicate, and_, may_match, not_true, parse
+from beamvec.index.predicate import MATCH_ALL, Box, Compare, In, Predicate, and_, may_match, not_true, parse
 
+# Columns tested for equality that get candidate range cuts, and cuts per column (at quantiles).
+RANGE_CUT_COLUMNS = 2
+RANGE_CUTS = 16
 # The fixed cost of searching one more shard for one query, in rows scanned: about a
 # ScaNN search's own cost (10-20 us here) over an exact row's (~6 us per 1,000 rows).
 PAIR_COST_ROWS = 2_000
@@ -145,7 +149,7 @@ class _Fitter:
         self.scale = total_rows / max(1, attributes.num_rows)
         self.min_rows, self.max_rows, self.seed = min_rows, max_rows, seed
         self.pair_cost = pair_cost_rows / self.scale  # in sampled rows, the unit of the rows skipped
-        self.cuts = self._candidate_cuts(max_cuts)
+        self.cuts = self._candidate_cuts(attributes, max_cuts)
         self.masks = [c.evaluate(attributes) for c in self.cuts]
         # A cut narrows the box on its own column only, so it can exclude only the
         # queries that read that column; the others keep reaching both children.
@@ -155,13 +159,22 @@ class _Fitter:
         self.partitions = 0
         self._may: dict[tuple, bool] = {}
 
-    def _candidate_cuts(self, max_cuts: int) -> list[Predicate]:
+    def _candidate_cuts(self, attributes: pa.Table, max_cuts: int) -> list[Predicate]:
+        """The workload's most used atoms, and range cuts on the columns it tests for equality."""
         weight: dict[Predicate, float] = {}
+        by_value: dict[str, float] = {}
         for p, w in zip(self.queries, self.weights):
             for atom in p.atoms():
                 weight[atom] = weight.get(atom, 0.0) + w
+                if (isinstance(atom, Compare) and atom.op == "=") or (isinstance(atom, In) and not atom.negated):
+                    by_value[atom.column] = by_value.get(atom.column, 0.0) + w
         ranked = sorted(weight.items(), key=lambda item: (-item[1], item[0].to_text()))
-        return [a for a, _ in ranked[:max_cuts]]
+        cuts = [a for a, _ in ranked[:max_cuts]]
+        # A cut `x < v` keeps every `x = value` query on one side of it: many values too rare to
+        # get a cut of their own (a tenant among hundreds) then each reach one shard, not all.
+        for column in sorted(by_value, key=lambda c: (-by_value[c], c))[:RANGE_CUT_COLUMNS]:
+            cuts += [c for c in _range_cuts(attributes.column(column), column) if c not in cuts]
+        return cuts
 
     def may(self, query: int, box: Box) -> bool:
         # Only the bounds on the query's own columns matter: boxes that agree there share the answer.
@@ -221,3 +234,16 @@ class _Fitter:
             leaf["centroids"] = kmeans.fit(self.vectors[rows], pieces, self.seed).tolist()
         self.partitions += len(leaf["centroids"] or [None])
         return leaf
+
+
+def _range_cuts(column: pa.ChunkedArray, name: str) -> list[Predicate]:
+    """``name < v`` at the quantiles of the column's distinct sampled values (strings and integers)."""
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+            or pa.types.is_integer(column.type)):
+        return []
+    values = pc.drop_null(column).to_numpy(zero_copy_only=False)
+    if len(values) == 0:
+        return []
+    ordered = np.sort(values)
+    picks = dict.fromkeys(ordered[len(ordered) * q // RANGE_CUTS] for q in range(1, RANGE_CUTS))
+    return [Compare(name, "<", v.item() if isinstance(v, np.generic) else v) for v in picks if v != ordered[0]]

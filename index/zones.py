@@ -31,7 +31,7 @@ from beamvec.index.predicate import Between, Compare, In, IsNull, MatchAll, Pred
 Masks = tuple[np.ndarray, np.ndarray]
 """Per partition: whether an atom can be true, and whether it can be false."""
 
-MAX_LISTED = 64
+MAX_LISTED = 1024
 """A partition lists a column's distinct values when it has at most this many."""
 
 

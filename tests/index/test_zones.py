@@ -13,7 +13,7 @@ from beamvec.index.zones import MAX_LISTED, ZoneMaps
 @pytest.mark.parametrize("generator", ["catalog", "tenants"])
 def test_zone_maps_never_skip_a_partition_with_a_match(generator):
     make = synthetic.GENERATORS[generator]
-    items = make.items(6000, 8, 5).drop_columns(["vector"])
+    items = make.items(13000, 8, 5).drop_columns(["vector"])
     # Partitions by the first string column: some columns listed, others (ids, numbers) ranges.
     first = next(f.name for f in items.schema if pa.types.is_string(f.type))
     keys = np.asarray(items.column(first).to_pylist(), object)
@@ -29,5 +29,5 @@ def test_zone_maps_never_skip_a_partition_with_a_match(generator):
         assert not (matches & ~may).any(), f"{text}: skipped a partition holding a match"
         skipped += int((~may).sum())
     assert skipped > len(texts)  # the zones do skip partitions
-    assert len(zones._column("id").ranged) == 6 and len(zones._column(first).ranged) == 0
+    assert len(zones._column("id").ranged) >= 2 and len(zones._column(first).ranged) == 0  # ids: ranges
     assert all(len(set(p.column(first).to_pylist())) <= MAX_LISTED for p in parts)
