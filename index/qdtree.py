@@ -163,16 +163,21 @@ class _Fitter:
         """The workload's most used atoms, and range cuts on the columns it tests for equality."""
         weight: dict[Predicate, float] = {}
         by_value: dict[str, float] = {}
+        values: dict[str, set] = {}
         for p, w in zip(self.queries, self.weights):
             for atom in p.atoms():
                 weight[atom] = weight.get(atom, 0.0) + w
                 if (isinstance(atom, Compare) and atom.op == "=") or (isinstance(atom, In) and not atom.negated):
                     by_value[atom.column] = by_value.get(atom.column, 0.0) + w
+                    values.setdefault(atom.column, set()).update(
+                        (atom.value,) if isinstance(atom, Compare) else atom.values)
         ranked = sorted(weight.items(), key=lambda item: (-item[1], item[0].to_text()))
         cuts = [a for a, _ in ranked[:max_cuts]]
-        # A cut `x < v` keeps every `x = value` query on one side of it: many values too rare to
-        # get a cut of their own (a tenant among hundreds) then each reach one shard, not all.
-        for column in sorted(by_value, key=lambda c: (-by_value[c], c))[:RANGE_CUT_COLUMNS]:
+        # A cut `x < v` keeps every `x = value` query on one side of it. Where the workload tests
+        # more values than could each get a cut of their own (a tenant among hundreds), range cuts
+        # let each value reach one shard instead of all of them.
+        many = [c for c in by_value if len(values[c]) > max_cuts // 2]
+        for column in sorted(many, key=lambda c: (-by_value[c], c))[:RANGE_CUT_COLUMNS]:
             cuts += [c for c in _range_cuts(attributes.column(column), column) if c not in cuts]
         return cuts
 
