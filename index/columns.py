@@ -240,12 +240,14 @@ def operand_of(column: Column, op: str, value: Value) -> tuple[str, object]:
 
 def membership(column: Column, values: tuple) -> np.ndarray:
     """``x IN values`` on every row of ``column`` (null rows give anything, as for :func:`compare`)."""
-    if column.kind == "string":  # the codes of the values the column holds
+    if column.kind == "string":  # a table over the codes: one gather, faster than isin
         wanted = np.asarray(values, object)
         at = np.searchsorted(column.dictionary, wanted)
         held = at < len(column.dictionary)
-        keys = at[held][column.dictionary[at[held]] == wanted[held]].tolist()
-    elif column.kind == "float":
+        hit = np.zeros(len(column.dictionary) + 1, bool)
+        hit[at[held][column.dictionary[at[held]] == wanted[held]]] = True
+        return hit[column.values]
+    if column.kind == "float":
         keys = [float(v) + 0.0 for v in values if isinstance(v, float) or _as_float(v) == v]
     elif column.kind in ("integer", "temporal"):
         exact = (_exact(column, v) for v in values)
