@@ -30,19 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from beamvec.index.predicate import (
-    And,
-    Between,
-    BoolColumn,
-    Compare,
-    In,
-    IsNull,
-    MatchAll,
-    Not,
-    Or,
-    Predicate,
-    PredicateError,
-    Value,
-    kind_of,
+    And, Between, BoolColumn, Compare, In, IsNull, MatchAll, Not, Or, Predicate, PredicateError, Value, kind_of,
     parse_instant,
 )
 
