@@ -8,11 +8,9 @@ reads it, as column stores do:
 * integers, and dates and timestamps as their raw counts: the integer array;
 * floats: float64, NaN counted as null, -0.0 as 0.0; bools: a bool array;
 
-each with its validity (None when the column has no null). An atom then costs one
-numpy pass over the rows, with no per-call conversion of the column.
-
-Evaluation follows SQL three-valued logic: a node is true, false or unknown on a
-row, and :func:`holds` computes where it is true, or where it is false, as needed. Comparisons are exact, as
+each with its validity (None when the column has no null). A predicate is then
+compiled against them and evaluated in one pass over the rows (:mod:`beamvec.index.kernel`),
+by SQL three-valued logic: a node is true, false or unknown on a row. Comparisons are exact, as
 :mod:`beamvec.index.predicate` documents: a literal outside a column's domain (2.5
 for an integer column, 2**70 for a float one, an ISO string for a timestamp) is
 first rewritten into an equivalent comparison with a value of the domain.
@@ -29,14 +27,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from beamvec.index.kernel import Builder, Layout, Program, run
 from beamvec.index.predicate import (
     And, Between, BoolColumn, Compare, In, IsNull, MatchAll, Not, Or, Predicate, PredicateError, Value, kind_of,
     parse_instant,
 )
 
-_OPS: dict[str, Callable[[np.ndarray, object], np.ndarray]] = {
-    "=": np.equal, "!=": np.not_equal, "<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal,
-}
+# Compiled predicates a Columns keeps.
+_PROGRAMS = 1 << 16
 _MICROS_PER_UNIT = {"s": 10**6, "ms": 1000, "us": 1, "ns": Fraction(1, 1000)}
 
 
@@ -54,12 +52,32 @@ class Column(NamedTuple):
 
 
 class Columns:
-    """The columns of ``data`` (a Table or RecordBatch), each encoded on first use; evaluates predicates."""
+    """The columns of ``data`` (a Table or RecordBatch), each encoded on first use; evaluates predicates,
+    each compiled once (:meth:`compile`, kept until :meth:`forget_programs`).
 
-    def __init__(self, data: pa.Table | pa.RecordBatch):
+    ``Columns.of(encoded, num_rows)`` wraps columns already encoded (name -> :class:`Column`);
+    :meth:`segment` gives a run of rows as Columns of their own."""
+
+    def __init__(self, data: pa.Table | pa.RecordBatch | None, num_rows: int | None = None):
         self.data = data
-        self.num_rows = data.num_rows
+        self.num_rows = data.num_rows if data is not None else int(num_rows or 0)
         self._columns: dict[str, Column] = {}
+        self._layout = Layout(self.num_rows)
+        self._programs: dict[Predicate, Program] = {}
+        self._operands: dict[tuple, tuple[str, object]] = {}
+        self._parent: tuple[Columns, int] | None = None
+
+    @classmethod
+    def of(cls, encoded: dict[str, Column], num_rows: int) -> "Columns":
+        columns = cls(None, num_rows)
+        columns._columns.update(encoded)
+        return columns
+
+    def segment(self, start: int, stop: int) -> "Columns":
+        """Rows start..stop-1, their encoded columns views of these."""
+        columns = Columns(None, stop - start)
+        columns._parent = (self, start)
+        return columns
 
     @property
     def schema(self) -> pa.Schema:
@@ -69,45 +87,110 @@ class Columns:
         """The encoded column ``name``."""
         column = self._columns.get(name)
         if column is None:
-            column = self._columns[name] = encode(self.data.column(name))
+            if self._parent is not None:
+                parent, start = self._parent
+                whole = parent.column(name)
+                stop = start + self.num_rows
+                column = whole._replace(values=whole.values[start:stop],
+                                        valid=None if whole.valid is None else whole.valid[start:stop])
+            else:
+                column = encode(self.data.column(name))
+            self._columns[name] = column
         return column
 
-    def evaluate(self, predicate: Predicate) -> np.ndarray:
-        """The rows where ``predicate`` is true (not validated: see :meth:`Predicate.evaluate`)."""
-        return holds(predicate, self.atom, self.num_rows)
+    def compile(self, predicate: Predicate) -> Program:
+        """``predicate`` compiled against these columns, once (not validated: see :meth:`Predicate.validate`)."""
+        program = self._programs.get(predicate)
+        if program is None:
+            if len(self._programs) >= _PROGRAMS:
+                self._programs.clear()
+            program = self._programs[predicate] = compile_predicate(predicate, self, self._layout)
+        return program
 
-    def atom(self, atom: Predicate, truth: bool = True) -> np.ndarray:
-        """The rows where an atomic condition is true (``truth``), or false (not null)."""
-        return atom_mask(self.column(atom.column), atom, truth)  # type: ignore[attr-defined]
+    def operand(self, name: str, op: str, value: Value) -> tuple[str, object]:
+        """:func:`operand_of` column ``name``, once per literal."""
+        key = (name, op, type(value), value)
+        found = self._operands.get(key)
+        if found is None:
+            if len(self._operands) >= _PROGRAMS:
+                self._operands.clear()
+            found = self._operands[key] = operand_of(self.column(name), op, value)
+        return found
+
+    def forget_programs(self) -> None:
+        """Drop the compiled predicates and rewritten literals (the encoded columns stay)."""
+        self._programs.clear()
+        self._operands.clear()
+
+    def run(self, predicate: Predicate, lo: int = 0, hi: int | None = None,
+            truth: bool = True) -> tuple[np.ndarray, int, int, int]:
+        """Over rows lo..hi-1, where ``predicate`` is true (``truth``), or false, with the count of
+        such rows and the first and one past the last of them, relative to lo (0, 0 when none)."""
+        return run(self.compile(predicate), self._layout, lo, self.num_rows if hi is None else hi, truth)
+
+    def evaluate(self, predicate: Predicate, truth: bool = True) -> np.ndarray:
+        """The rows where ``predicate`` is true (``truth``), or false (not validated: see :meth:`Predicate.evaluate`)."""
+        return self.run(predicate, truth=truth)[0]
 
 
-def atom_mask(column: Column, atom: Predicate, truth: bool = True) -> np.ndarray:
-    """The rows of ``column`` where an atomic condition on it is true (``truth``), or false;
-    where the value is null it is neither (except for IS [NOT] NULL, never unknown)."""
-    if isinstance(atom, IsNull):
-        if truth != atom.negated:  # where it is null
-            return np.zeros(len(column.values), bool) if column.valid is None else ~column.valid
-        return np.ones(len(column.values), bool) if column.valid is None else column.valid
-    if isinstance(atom, BoolColumn):
-        found = column.values
-    elif isinstance(atom, Compare):
-        found = compare(column, atom.op, atom.value)
-    elif isinstance(atom, Between):
-        found = compare(column, ">=", atom.low) & compare(column, "<=", atom.high)
-    elif isinstance(atom, In):
-        found = membership(column, atom.values)
-    else:
-        raise PredicateError(f"cannot evaluate {atom!r}")
-    if getattr(atom, "negated", False) == truth:
-        found = ~found
-    return found if column.valid is None else found & column.valid
+def compile_predicate(predicate: Predicate, columns: "Columns", layout: Layout) -> Program:
+    """``predicate`` as a kernel program over ``layout``, holding ``columns``. Each literal is
+    rewritten into the column's domain first (:meth:`Columns.operand`, :func:`in_keys`)."""
+    program = Builder()
+
+    def slot(name: str) -> tuple[Column, bool, int, int]:
+        column = columns.column(name)
+        return (column, *layout.slot(name, column))
+
+    def compare(name: str, op: str, value) -> None:
+        _, is_float, row, shift = slot(name)
+        op, operand = columns.operand(name, op, value)
+        program.compare(is_float, row, op, operand if is_float else int(operand) + shift)
+
+    def walk(p: Predicate) -> None:
+        if isinstance(p, MatchAll):
+            program.constant(True)
+        elif isinstance(p, Not):
+            walk(p.part)
+            program.negate()
+        elif isinstance(p, (And, Or)):
+            walk(p.parts[0])
+            for part in p.parts[1:]:
+                guard = program.guard(isinstance(p, And))
+                walk(part)
+                program.combine(isinstance(p, And), guard)
+        elif isinstance(p, IsNull):
+            _, is_float, row, _ = slot(p.column)
+            program.is_null(is_float, row, p.negated)
+        elif isinstance(p, BoolColumn):
+            compare(p.column, "=", True)
+        elif isinstance(p, Compare):
+            compare(p.column, p.op, p.value)
+        elif isinstance(p, Between):
+            compare(p.column, ">=", p.low)
+            compare(p.column, "<=", p.high)
+            program.combine(True)
+            if p.negated:
+                program.negate()
+        elif isinstance(p, In):
+            column, is_float, row, shift = slot(p.column)
+            keys = in_keys(column, p.values)
+            program.contains(is_float, row, keys if is_float else [int(k) + shift for k in keys])
+            if p.negated:
+                program.negate()
+        else:
+            raise PredicateError(f"cannot evaluate {p!r}")
+
+    walk(predicate)
+    return program.build()
 
 
 def holds(predicate: Predicate, atom: Callable[[Predicate, bool], np.ndarray], num_rows: int,
           truth: bool = True) -> np.ndarray:
-    """Where ``predicate`` is true (``truth``), or false, by SQL three-valued logic (unknown is
-    neither); ``atom(a, truth)`` gives an atom's. AND is true where every part is and false where
-    any part is; OR the converse; NOT swaps true and false."""
+    """Kleene logic over anything atoms can be judged on (partitions, for zone maps): where
+    ``predicate`` can be true (``truth``), or false, given ``atom(a, truth)`` for its atoms.
+    AND can be true where every part can and false where any part can; OR the converse; NOT
+    swaps true and false."""
     if isinstance(predicate, MatchAll):
         return np.full(num_rows, truth)
     if isinstance(predicate, Not):
@@ -192,12 +275,6 @@ def _as_float(value: int) -> float:
         return math.inf if value > 0 else -math.inf
 
 
-def compare(column: Column, op: str, value: Value) -> np.ndarray:
-    """``x op value`` on every row of ``column`` (null rows give anything: mask them by ``column.valid``)."""
-    op, operand = operand_of(column, op, value)
-    return _OPS[op](column.values, operand)
-
-
 def operand_of(column: Column, op: str, value: Value) -> tuple[str, object]:
     """``x op value`` as an equivalent comparison of the encoded values with a value of their domain."""
     if column.kind == "string":  # codes of a sorted dictionary: order is kept
@@ -226,27 +303,22 @@ def operand_of(column: Column, op: str, value: Value) -> tuple[str, object]:
     return op, operand
 
 
-def membership(column: Column, values: tuple) -> np.ndarray:
-    """``x IN values`` on every row of ``column`` (null rows give anything, as for :func:`compare`)."""
-    if column.kind == "string":  # a table over the codes: one gather, faster than isin
+def in_keys(column: Column, values: tuple) -> np.ndarray:
+    """The encoded values ``x IN values`` holds on, sorted and distinct: codes of the strings present,
+    the literals of the column's domain that some value can equal."""
+    if column.kind == "string":
         wanted = np.asarray(values, object)
         at = np.searchsorted(column.dictionary, wanted)
         held = at < len(column.dictionary)
-        hit = np.zeros(len(column.dictionary) + 1, bool)
-        hit[at[held][column.dictionary[at[held]] == wanted[held]]] = True
-        return hit[column.values]
+        return np.unique(at[held][column.dictionary[at[held]] == wanted[held]])
     if column.kind == "float":
         keys = [float(v) + 0.0 for v in values if isinstance(v, float) or _as_float(v) == v]
     elif column.kind in ("integer", "temporal"):
         exact = (_exact(column, v) for v in values)
         keys = [int(r) for r in exact if r.denominator == 1 and column.low <= r <= column.high]
     else:
-        keys = list(values)
-    if not keys:
-        return np.zeros(len(column.values), bool)
-    if len(keys) == 1:
-        return column.values == keys[0]
-    return np.isin(column.values, np.asarray(keys, column.values.dtype))
+        keys = [int(v) for v in values]
+    return np.unique(np.asarray(keys, np.float64 if column.kind == "float" else object))
 
 
 def masks_of(data: pa.Table | pa.RecordBatch, texts) -> dict:

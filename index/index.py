@@ -19,6 +19,7 @@ import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
 from beamvec.index import exact, fs
+from beamvec.index.columns import Columns
 from beamvec.index.manifest import Manifest, ManifestError, PartitionEntry, check_relative_path, checksum
 from beamvec.index.plan import PartitionPlan, SinglePlan, plan_from_json
 from beamvec.index.predicate import MATCH_ALL, Predicate
@@ -169,6 +170,8 @@ class Index:
         self._validated.clear()
         self.plan.clear_caches()
         clear_predicate_caches()
+        if self._zones is not None:
+            self._zones.forget_predicates()
         for shard in self._shards.values():
             shard.clear_caches()
 
@@ -247,9 +250,17 @@ class Index:
                 self._validated.add(p)
 
     def zones(self) -> ZoneMaps:
-        """Zone maps of every shard (loading them all on first use), for routing by the data."""
+        """Zone maps of every shard (loading them all on first use), for routing by the data.
+
+        The shards' attribute rows are then laid end to end, in partition order, and encoded
+        once (:meth:`Shard.share_columns`), so each predicate compiles once for all shards."""
         if self._zones is None:
-            self._zones = ZoneMaps([self.shard(o).columns for o in range(len(self.manifest.partitions))])
+            shards = [self.shard(o) for o in range(len(self.manifest.partitions))]
+            if shards:
+                columns = Columns(pa.concat_tables([s.attributes for s in shards]))
+                for shard, start in zip(shards, np.cumsum([0] + [s.num_rows for s in shards[:-1]]).tolist()):
+                    shard.share_columns(columns, start)
+            self._zones = ZoneMaps([s.columns for s in shards])
         return self._zones
 
     def _route(self, groups: dict[Predicate, np.ndarray], group_of: np.ndarray,

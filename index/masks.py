@@ -1,19 +1,17 @@
-"""Row masks of many predicates over one table, as runs of rows, built from cached atom masks.
+"""Row masks of many predicates over one table, as runs of rows.
 
-A batch job sees thousands of distinct predicates made of far fewer distinct
-atomic conditions (``category = 'rock'``, ``year >= 2000``), over rows sorted by the
-columns the workload filters on (:mod:`beamvec.index.layout`). So a predicate is
-evaluated in two steps:
+A batch job sees thousands of distinct predicates over rows sorted by the columns
+the workload filters on (:mod:`beamvec.index.layout`). So a predicate is evaluated
+in two steps:
 
 1. its run: the conjuncts on the leading sort column (then on the next, while the
    previous one is held to a single value) narrow the rows to one run ``lo:hi`` by
    binary search, no pass over the rows: ``category = 'rock' AND year >= 2000`` is a
    run on rows sorted by (category, year);
-2. the remaining conjuncts are evaluated over that run only; over all rows, atoms
-   are evaluated once (over the encoded columns, :class:`beamvec.index.columns.Columns`)
-   and kept (where true, and where false if a NOT asks) for the predicates that combine
-   them by SQL three-valued logic, so a null stays "not true" exactly as
-   :meth:`Predicate.evaluate` decides.
+2. the remaining conjuncts are evaluated over that run only, in one compiled pass
+   over the encoded columns (:meth:`beamvec.index.columns.Columns.run`), by SQL
+   three-valued logic, so a null stays "not true" exactly as :meth:`Predicate.evaluate`
+   decides.
 """
 
 from __future__ import annotations
@@ -23,10 +21,10 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import pyarrow as pa
 
-from beamvec.index.columns import Column, Columns, atom_mask, holds, operand_of
+from beamvec.index.columns import Columns
 from beamvec.index.predicate import And, Between, BoolColumn, Compare, In, IsNull, MatchAll, Predicate, and_
 
-# Bytes of masks kept per table (atoms and whole predicates together).
+# Bytes of masks kept per table.
 DEFAULT_BUDGET = 256 << 20
 
 
@@ -44,19 +42,22 @@ class MaskCache:
     """Runs and masks of predicates over a table (or its :class:`Columns`) whose rows are sorted by
     ``sorted_by`` (ascending, nulls last, as :func:`beamvec.index.layout.row_order` lays them out),
     bounded to about ``budget`` bytes (oldest dropped first). Pass the same ``Columns`` to a new
-    cache to keep the encoded columns."""
+    cache to keep the encoded columns. With ``rows`` (start, stop), the cache covers only those
+    rows of the columns (one shard's, of an index's shards laid end to end) and counts them from 0."""
 
-    def __init__(self, data: pa.Table | Columns, budget: int = DEFAULT_BUDGET, sorted_by: Sequence[str] = ()):
+    def __init__(self, data: pa.Table | Columns, budget: int = DEFAULT_BUDGET, sorted_by: Sequence[str] = (),
+                 rows: tuple[int, int] | None = None):
         self.columns = data if isinstance(data, Columns) else Columns(data)
         self.sorted_by = tuple(sorted_by)
-        self._capacity = max(16, budget // max(1, 2 * self.columns.num_rows))
-        self._atoms: dict[tuple[Predicate, bool], np.ndarray] = {}
+        self.start, self.stop = rows if rows is not None else (0, self.columns.num_rows)
+        self.num_rows = self.stop - self.start
+        self._capacity = max(16, budget // max(1, 2 * self.num_rows))
         self._runs: dict[Predicate, Run] = {}
         self._excluded: dict[Predicate, np.ndarray] = {}
 
     def __len__(self) -> int:
-        """How many atoms and predicates it holds masks of."""
-        return len(self._atoms) + len(self._runs)
+        """How many predicates it holds runs of."""
+        return len(self._runs)
 
     def run(self, predicate: Predicate) -> Run:
         """Where ``predicate`` matches (see :class:`Run`)."""
@@ -71,7 +72,7 @@ class MaskCache:
         if isinstance(predicate, MatchAll):
             return None
         run = self.run(predicate)
-        mask = np.zeros(self.columns.num_rows, bool)
+        mask = np.zeros(self.num_rows, bool)
         mask[run.lo:run.hi] = True if run.local is None else run.local
         return mask
 
@@ -81,46 +82,36 @@ class MaskCache:
             return None
         bits = self._excluded.get(predicate)
         if bits is None:
-            bits = np.packbits(~self.mask(predicate), bitorder="little")
+            bits = np.packbits(self.mask(predicate), bitorder="little")
+            np.invert(bits, out=bits)  # the bits past the last row are set: those rows do not exist
             _put(self._excluded, predicate, bits, self._capacity)
         return bits
 
     def _evaluate(self, predicate: Predicate) -> Run:
-        n = self.columns.num_rows
         if isinstance(predicate, MatchAll):
-            return Run(n, 0, n, None)
-        lo, hi, rest = self._narrow(list(predicate.parts) if isinstance(predicate, And) else [predicate])
+            return Run(self.num_rows, 0, self.num_rows, None)
+        parts = list(predicate.parts) if isinstance(predicate, And) else [predicate]
+        count = len(parts)
+        lo, hi, rest = self._narrow(parts)
         if lo >= hi:
             return Run(0, 0, 0, None)
         if not rest:
-            return Run(hi - lo, lo, hi, None)
-        remaining = and_(*rest)
-        if (lo, hi) == (0, n):  # over all rows: from the shared atom masks
-            local = holds(remaining, self._atom, n)
-        else:
-            local = holds(remaining, lambda a, truth: atom_mask(_rows(self.columns.column(a.column), lo, hi), a, truth),
-                          hi - lo)
-        matches = int(np.count_nonzero(local))
+            return Run(hi - lo, lo - self.start, hi - self.start, None)
+        local, matches, first, last = self.columns.run(predicate if len(rest) == count else and_(*rest), lo, hi)
         if matches == 0:
             return Run(0, 0, 0, None)
-        first, last = int(np.argmax(local)), len(local) - int(np.argmax(local[::-1]))
-        local = None if matches == last - first else local[first:last]
-        return Run(matches, lo + first, lo + last, local)
+        lo -= self.start
+        return Run(matches, lo + first, lo + last, None if matches == last - first else local[first:last])
 
     def _narrow(self, parts: list[Predicate]) -> tuple[int, int, list[Predicate]]:
-        """The run of rows the conjuncts ``parts`` on the sort columns allow, and the conjuncts left over."""
-        lo, hi = 0, self.columns.num_rows
+        """The run of rows (of the columns) the conjuncts ``parts`` on the sort columns allow, and the conjuncts left over."""
+        lo, hi = self.start, self.stop
         for name in self.sorted_by:
-            column, held = None, False
+            held = False
             for part in list(parts):
-                if getattr(part, "column", None) != name or not isinstance(part, (Compare, Between, In, IsNull,
-                                                                                      BoolColumn)):
+                if getattr(part, "column", None) != name or not _may_be_interval(part):
                     continue
-                column = column or self.columns.column(name)
-                found = _interval(column, part, lo, hi)
-                if found is None:
-                    continue
-                lo, hi, exact, single = found
+                lo, hi, exact, single = _interval(self.columns, part, lo, hi)
                 if exact:
                     parts.remove(part)
                 held = held or single
@@ -130,53 +121,50 @@ class MaskCache:
                 break
         return lo, hi, parts
 
-    def _atom(self, atom: Predicate, truth: bool) -> np.ndarray:
-        mask = self._atoms.get((atom, truth))
-        if mask is None:
-            mask = self.columns.atom(atom, truth)
-            _put(self._atoms, (atom, truth), mask, self._capacity)
-        return mask
+def _may_be_interval(atom: Predicate) -> bool:
+    """Whether an atom can select an interval of sorted values (see :func:`_interval`)."""
+    return (isinstance(atom, (IsNull, BoolColumn)) or (isinstance(atom, Compare) and atom.op != "!=")
+            or (isinstance(atom, (Between, In)) and not atom.negated))
 
 
-def _rows(column: Column, lo: int, hi: int) -> Column:
-    """Rows lo..hi-1 of an encoded column (views, no copy)."""
-    return column._replace(values=column.values[lo:hi], valid=None if column.valid is None else column.valid[lo:hi])
-
-
-def _interval(column: Column, atom: Predicate, lo: int, hi: int) -> tuple[int, int, bool, bool] | None:
-    """For an atom on a column sorted over rows lo:hi (nulls last): the rows it can hold on, as
-    (lo, hi, whether exactly those, whether the column has a single value there); None if it is
-    not an interval."""
+def _interval(columns: Columns, atom: Predicate, lo: int, hi: int) -> tuple[int, int, bool, bool]:
+    """For an atom that may be an interval (:func:`_may_be_interval`) on a column sorted over rows lo:hi
+    (nulls last): the rows it can hold on, as (lo, hi, whether exactly those, whether the column has a
+    single value there)."""
+    name = atom.column  # type: ignore[attr-defined]
+    column = columns.column(name)
     valid_end = hi if column.valid is None else lo + int(np.count_nonzero(column.valid[lo:hi]))
     values = column.values[lo:valid_end]
 
     def bounds(op: str, value) -> tuple[int, int]:
-        op, operand = operand_of(column, op, value)
+        op, operand = columns.operand(name, op, value)
         operand = values.dtype.type(operand)  # of the values' own type: numpy would otherwise cast them all
-        left = lambda: lo + int(values.searchsorted(operand, "left"))  # noqa: E731
-        right = lambda: lo + int(values.searchsorted(operand, "right"))  # noqa: E731
-        return {"<": lambda: (lo, left()), "<=": lambda: (lo, right()), ">": lambda: (right(), valid_end),
-                ">=": lambda: (left(), valid_end), "=": lambda: (left(), right())}[op]()
+        if op in ("<", "<="):
+            return lo, lo + int(values.searchsorted(operand, "left" if op == "<" else "right"))
+        if op in (">", ">="):
+            return lo + int(values.searchsorted(operand, "right" if op == ">" else "left")), valid_end
+        return lo + int(values.searchsorted(operand, "left")), lo + int(values.searchsorted(operand, "right"))
 
     if isinstance(atom, IsNull):
         # Not a single value: NaN, also null to predicates, sorts apart from nulls.
         return (lo, valid_end, True, False) if atom.negated else (valid_end, hi, True, False)
     if isinstance(atom, BoolColumn):
         return *bounds("=", True), True, True
-    if isinstance(atom, Compare) and atom.op != "!=":
+    if isinstance(atom, Compare):
         a, b = bounds(atom.op, atom.value)
         return a, b, True, atom.op == "="
-    if isinstance(atom, Between) and not atom.negated:
+    if isinstance(atom, Between):
         (a, _), (_, b) = bounds(">=", atom.low), bounds("<=", atom.high)
         return a, max(a, b), True, False
-    if isinstance(atom, In) and not atom.negated:
-        spans = [bounds("=", v) for v in atom.values]
-        spans = [s for s in spans if s[0] < s[1]]
-        if not spans:
-            return lo, lo, True, False
-        a, b = min(s[0] for s in spans), max(s[1] for s in spans)
-        return a, b, len(spans) == 1, len(spans) == 1
-    return None
+    # IN: the span of each listed value that the domain holds ("=" rewritten to another test holds on no row)
+    keys = [operand for op, operand in (columns.operand(name, "=", v) for v in atom.values) if op == "="]
+    keys = np.asarray(keys, values.dtype)
+    starts, stops = values.searchsorted(keys, "left"), values.searchsorted(keys, "right")
+    held = starts < stops
+    if not held.any():
+        return lo, lo, True, False
+    single = int(np.count_nonzero(held)) == 1
+    return lo + int(starts[held].min()), lo + int(stops[held].max()), single, single
 
 
 def _put(cache: dict, key, value, capacity: int) -> None:

@@ -112,7 +112,7 @@ def _literal_text(value: Value) -> str:
 class Predicate:
     """Base of all predicate nodes: immutable, hashable, equal by structure."""
 
-    __slots__ = ("_hash",)
+    __slots__ = ("_hash", "_tags")
 
     def to_text(self) -> str:
         """Canonical text; ``parse(p.to_text()) == p``."""
@@ -155,7 +155,7 @@ class Predicate:
             return True
         if type(self) is not type(other):
             return NotImplemented
-        return self._key() == other._key()  # type: ignore[attr-defined]
+        return hash(self) == hash(other) and self._key() == other._key()  # type: ignore[attr-defined]
 
     def __hash__(self) -> int:
         try:
@@ -165,7 +165,12 @@ class Predicate:
             return self._hash
 
     def _key(self) -> tuple:
-        return tuple(_tagged(getattr(self, f.name)) for f in dataclasses.fields(self))  # type: ignore[arg-type]
+        try:
+            return self._tags
+        except AttributeError:  # computed once, as the hash
+            tags = tuple(_tagged(getattr(self, f.name)) for f in dataclasses.fields(self))  # type: ignore[arg-type]
+            object.__setattr__(self, "_tags", tags)
+            return tags
 
     # Per-node behaviour, overridden below.
     def _text(self) -> str:

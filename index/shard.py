@@ -215,7 +215,8 @@ class Shard:
         self.row_order = row_order
         self._searcher = searcher
         self._columns = Columns(attributes)  # encoded once, kept by clear_caches
-        self._masks = MaskCache(self._columns, sorted_by=row_order)
+        self._shared: tuple[Columns, int] | None = None
+        self._masks = self._new_masks()
 
     @property
     def num_rows(self) -> int:
@@ -362,9 +363,23 @@ class Shard:
         """The attribute columns, encoded for predicate evaluation (kept across :meth:`clear_caches`)."""
         return self._columns
 
+    def share_columns(self, columns: Columns, start: int) -> None:
+        """Evaluate predicates over rows start.. of ``columns``: this shard's rows, encoded with other
+        shards' (an index lays its shards' rows end to end, so a predicate compiles once for all)."""
+        self._shared = (columns, start)
+        self._columns = columns.segment(start, start + self.num_rows)
+        self._masks = self._new_masks()
+
+    def _new_masks(self) -> MaskCache:
+        if self._shared is None:
+            return MaskCache(self._columns, sorted_by=self.row_order)
+        columns, start = self._shared
+        return MaskCache(columns, sorted_by=self.row_order, rows=(start, start + self.num_rows))
+
     def clear_caches(self) -> None:
-        """Forget the masks and runs of predicates seen so far."""
-        self._masks = MaskCache(self._columns, sorted_by=self.row_order)
+        """Forget the masks, runs and compiled programs of predicates seen so far."""
+        (self._shared[0] if self._shared is not None else self._columns).forget_programs()
+        self._masks = self._new_masks()
 
     def mask(self, predicate: Predicate) -> np.ndarray | None:
         """The rows that satisfy ``predicate`` (None for no filter), cached."""
@@ -447,7 +462,7 @@ class Shard:
                     plan.pre.append(group)
                 else:
                     plan.post.setdefault((fetch, leaves), []).append(group)
-                if not (pre and group.whole_run):  # post-filters and shared masked products read bits
+                if not pre or self._scores_masked_run(group):  # these read packed bits
                     self._masks.excluded_bits(p)
         return plan
 
@@ -468,14 +483,18 @@ class Shard:
         gathered = group.matches * (_COST_GATHER_ROW + _COST_GATHER_COPY_ROW / m) + _COST_GATHER_GROUP / m
         return run, gathered
 
+    def _scores_masked_run(self, group: "_Group") -> bool:
+        """Whether a pre-filtered group with a mask scores its whole run (masked), rather than its gathered rows."""
+        run, gathered = self._pre_costs(group)
+        return not group.whole_run and run <= gathered
+
     def _pre_filter(self, queries: np.ndarray, k: int, groups: list["_Group"], result: "ShardResult") -> None:
         """Exact scores: each group over its gathered rows, or over the run of rows its matches
         lie in (short when rows are laid out by the columns queries filter on, see
         :mod:`beamvec.index.layout`); groups whose runs overlap share one masked product."""
         runs = []
         for g in groups:
-            run, gathered = self._pre_costs(g)
-            if g.whole_run or run <= gathered:
+            if g.whole_run or self._scores_masked_run(g):
                 runs.append(g)
                 continue
             rows = g.lo + np.flatnonzero(g.local)

@@ -25,8 +25,10 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import pyarrow as pa
 
-from beamvec.index.columns import Column, Columns, atom_mask, compare, encode, holds, membership
+from beamvec.index.columns import Column, Columns, encode, holds, operand_of
 from beamvec.index.predicate import Between, Compare, In, IsNull, MatchAll, Predicate
+
+_OPS = {"=": np.equal, "!=": np.not_equal, "<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal}
 
 Masks = tuple[np.ndarray, np.ndarray]
 """Per partition: whether an atom can be true, and whether it can be false."""
@@ -34,15 +36,18 @@ Masks = tuple[np.ndarray, np.ndarray]
 MAX_LISTED = 1024
 """A partition lists a column's distinct values when it has at most this many."""
 
+MAX_ATOMS = 1 << 16
+"""Atoms whose judgement zone maps keep."""
+
 
 class _ColumnZones(NamedTuple):
     """One column over all partitions: listed values (with their partition), range ends, nulls."""
 
-    listed: Column  # the distinct values of listed partitions, concatenated
+    listed: Columns  # the distinct values of listed partitions, concatenated, as the column
     owner: np.ndarray  # partition of each listed value
     ranged: np.ndarray  # partitions summarised by a range
-    low: Column  # their smallest values, in the order of ``ranged``
-    high: Column  # their largest values
+    low: Columns  # their smallest values, in the order of ``ranged``
+    high: Columns  # their largest values
     has_null: np.ndarray  # per partition
     has_value: np.ndarray  # per partition
 
@@ -54,6 +59,7 @@ class ZoneMaps:
         self.partitions = len(columns)
         self._parts = list(columns)
         self._zones: dict[str, _ColumnZones] = {}
+        self._atoms: dict[tuple[Predicate, bool], np.ndarray] = {}
 
     def may_match(self, predicate: Predicate) -> np.ndarray:
         """Per partition, False only if no row of it can satisfy ``predicate``."""
@@ -64,17 +70,29 @@ class ZoneMaps:
     def _column(self, name: str) -> _ColumnZones:
         zones = self._zones.get(name)
         if zones is None:
-            zones = self._zones[name] = _summarise([part.column(name) for part in self._parts])
+            zones = self._zones[name] = _summarise(name, [part.column(name) for part in self._parts])
         return zones
 
+    def forget_predicates(self) -> None:
+        """Forget the atoms judged so far (the summaries of the data stay)."""
+        self._atoms.clear()
+
     def _possible(self, atom: Predicate, truth: bool) -> np.ndarray:
-        """Per partition, whether ``atom`` can be true (``truth``), or false, on one of its rows."""
+        """Per partition, whether ``atom`` can be true (``truth``), or false, on one of its rows (once per atom)."""
+        found = self._atoms.get((atom, truth))
+        if found is None:
+            if len(self._atoms) >= MAX_ATOMS:
+                self._atoms.clear()
+            found = self._atoms[atom, truth] = self._judge(atom, truth)
+        return found
+
+    def _judge(self, atom: Predicate, truth: bool) -> np.ndarray:
         z = self._column(atom.column)  # type: ignore[attr-defined]
         if isinstance(atom, IsNull):
             return z.has_null if truth != atom.negated else z.has_value
         out = np.zeros(self.partitions, bool)
         if len(z.owner):  # exact over the listed values
-            out[z.owner[atom_mask(z.listed, atom, truth)]] = True
+            out[z.owner[z.listed.evaluate(atom, truth)]] = True
         if len(z.ranged):
             out[z.ranged] = _ranged(z, atom)[0 if truth else 1]
         return out & z.has_value
@@ -82,16 +100,17 @@ class ZoneMaps:
 
 def _ranged(z: _ColumnZones, atom: Predicate) -> Masks:
     """Whether ``atom`` can be true, and false, in partitions known by [low, high] only (sound)."""
-    low, high = z.low, z.high
+    name = atom.column  # type: ignore[attr-defined]
+    low, high = z.low.column(name), z.high.column(name)
 
     def some(op: str, value) -> np.ndarray:  # some x in [low, high] has x op value
         if op in ("<", "<="):
-            return compare(low, op, value)
+            return _compare(low, op, value)
         if op in (">", ">="):
-            return compare(high, op, value)
+            return _compare(high, op, value)
         if op == "=":
-            return compare(low, "<=", value) & compare(high, ">=", value)
-        return compare(low, "!=", value) | compare(high, "!=", value)  # "!="
+            return _compare(low, "<=", value) & _compare(high, ">=", value)
+        return _compare(low, "!=", value) | _compare(high, "!=", value)  # "!="
 
     if isinstance(atom, Compare):
         opposite = {"=": "!=", "!=": "=", "<": ">=", "<=": ">", ">": "<=", ">=": "<"}[atom.op]
@@ -102,16 +121,22 @@ def _ranged(z: _ColumnZones, atom: Predicate) -> Masks:
         return (outside, inside) if atom.negated else (inside, outside)
     if isinstance(atom, In):
         inside = np.logical_or.reduce([some("=", v) for v in atom.values])
-        outside = (_decoded(low) != _decoded(high)) | ~membership(low, atom.values)
+        outside = (_decoded(low) != _decoded(high)) | ~z.low.evaluate(In(name, atom.values))
         return (outside, inside) if atom.negated else (inside, outside)
     raise TypeError(f"not an atom: {atom!r}")
+
+
+def _compare(ends: Column, op: str, value) -> np.ndarray:
+    """``x op value`` for range ends (never null), in the column's encoded domain."""
+    op, operand = operand_of(ends, op, value)
+    return _OPS[op](ends.values, operand)
 
 
 def _decoded(column: Column) -> np.ndarray:
     return column.dictionary[column.values] if column.kind == "string" else column.values
 
 
-def _summarise(columns: list[Column]) -> _ColumnZones:
+def _summarise(name: str, columns: list[Column]) -> _ColumnZones:
     """Zones of one column from its encoded form in every partition."""
     count = len(columns)
     listed, owner, ranged, lows, highs = [], [], [], [], []
@@ -134,10 +159,12 @@ def _summarise(columns: list[Column]) -> _ColumnZones:
             highs.append(distinct[-1])
     first = columns[0]
 
-    def column_of(values: list) -> Column:
+    def column_of(values: list) -> Columns:
         if first.kind == "string":
-            return encode(pa.array(values, pa.string()))
-        return first._replace(values=np.asarray(values, first.values.dtype), valid=None, dictionary=None)
+            column = encode(pa.array(values, pa.string()))
+        else:
+            column = first._replace(values=np.asarray(values, first.values.dtype), valid=None, dictionary=None)
+        return Columns.of({name: column}, len(values))
 
     listed_values = list(np.concatenate(listed)) if listed else []
     return _ColumnZones(column_of(listed_values), np.concatenate(owner) if owner else np.zeros(0, np.int64),

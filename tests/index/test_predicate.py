@@ -496,6 +496,17 @@ def test_evaluate_matches_naive(data, rows: list[dict], p: Predicate) -> None:
     assert result.tolist() == expected
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2**32 - 1), TYPED_PREDICATES)
+def test_evaluate_matches_naive_over_many_chunks(seed: int, p: Predicate) -> None:
+    """Tables longer than the kernel's chunk, in sorted runs, so whole chunks decide an AND or an OR."""
+    rng = np.random.default_rng(seed)
+    rows = [{c: (None if rng.random() < 0.1 else v[rng.integers(len(v))]) for c, v in DATA.items()}
+            for _ in range(1500)]
+    rows.sort(key=lambda r: [(r[c] is None, str(r[c])) for c in ("year", "category")])
+    assert p.evaluate(make_table(rows)).tolist() == [naive(p, row) is True for row in rows]
+
+
 @SETTINGS
 @given(st.data(), rows_strategy(), TYPED_PREDICATES)
 def test_not_true_is_the_complement(data, rows: list[dict], p: Predicate) -> None:
