@@ -169,11 +169,12 @@ def pyarrow_evaluator(table: pa.Table) -> Evaluator:
 
 def beamvec_evaluator(table: pa.Table) -> Evaluator:
     """Each text parsed and evaluated by beamvec's own evaluator, a fresh :class:`MaskCache` per call
-    (atoms shared within the call) over the table's columns, encoded on first use and kept, as a
-    loaded shard keeps its encoded columns."""
+    over the table's columns, encoded on first use and kept, as a loaded shard keeps its encoded
+    columns; predicates are compiled again on every call, as on a fresh batch."""
     columns = Columns(table)
 
     def evaluate(texts: Sequence[str]) -> dict:
+        columns.forget_programs()
         cache = MaskCache(columns)
         return {t: cache.mask(parse(t)) for t in texts}
     return evaluate
