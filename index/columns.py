@@ -129,7 +129,8 @@ class Columns:
         return run(self.compile(predicate), self._layout, lo, self.num_rows if hi is None else hi, truth)
 
     def evaluate(self, predicate: Predicate, truth: bool = True) -> np.ndarray:
-        """The rows where ``predicate`` is true (``truth``), or false (not validated: see :meth:`Predicate.evaluate`)."""
+        """The rows where ``predicate`` is true (``truth``), or false (not validated: see
+        :meth:`Predicate.evaluate`)."""
         return self.run(predicate, truth=truth)[0]
 
 

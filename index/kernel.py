@@ -211,7 +211,7 @@ def _in_table(values, start, width, table, low, s):  # pragma: no cover - compil
 def _unknown_where_null(valid, start, width, s):  # pragma: no cover - compiled
     ok = valid[start:start + width]
     for j in range(width):
-        s[j] = s[j] if ok[j] else 1
+        s[j] = s[j] if ok[j] else _UNKNOWN
 
 
 @numba.njit(nogil=True, cache=True)

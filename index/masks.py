@@ -104,7 +104,8 @@ class MaskCache:
         return Run(matches, lo + first, lo + last, None if matches == last - first else local[first:last])
 
     def _narrow(self, parts: list[Predicate]) -> tuple[int, int, list[Predicate]]:
-        """The run of rows (of the columns) the conjuncts ``parts`` on the sort columns allow, and the conjuncts left over."""
+        """The run of rows (of the columns) the conjuncts ``parts`` on the sort columns allow, and the
+        conjuncts left over."""
         lo, hi = self.start, self.stop
         for name in self.sorted_by:
             held = False
