@@ -29,8 +29,8 @@ import pyarrow.compute as pc
 
 from beamvec.index.kernel import Builder, Layout, Program, run
 from beamvec.index.predicate import (
-    And, Between, BoolColumn, Compare, In, IsNull, MatchAll, Not, Or, Predicate, PredicateError, Value, kind_of,
-    parse_instant,
+    And, Between, BoolColumn, Compare, In, IsNull, MatchAll, Not, Or, Predicate, PredicateError, Value, and_,
+    kind_of, parse_instant,
 )
 
 # Compiled predicates a Columns keeps.
@@ -98,13 +98,16 @@ class Columns:
             self._columns[name] = column
         return column
 
-    def compile(self, predicate: Predicate) -> Program:
-        """``predicate`` compiled against these columns, once (not validated: see :meth:`Predicate.validate`)."""
-        program = self._programs.get(predicate)
+    def compile(self, predicate: Predicate, conjuncts: tuple[int, ...] | None = None) -> Program:
+        """``predicate`` compiled against these columns, once (not validated: see :meth:`Predicate.validate`);
+        with ``conjuncts``, only the AND of the parts of the (AND) predicate at those positions."""
+        key = predicate if conjuncts is None else (predicate, conjuncts)
+        program = self._programs.get(key)
         if program is None:
             if len(self._programs) >= _PROGRAMS:
                 self._programs.clear()
-            program = self._programs[predicate] = compile_predicate(predicate, self, self._layout)
+            part = predicate if conjuncts is None else and_(*(predicate.parts[i] for i in conjuncts))
+            program = self._programs[key] = compile_predicate(part, self, self._layout)
         return program
 
     def operand(self, name: str, op: str, value: Value) -> tuple[str, object]:
@@ -122,11 +125,12 @@ class Columns:
         self._programs.clear()
         self._operands.clear()
 
-    def run(self, predicate: Predicate, lo: int = 0, hi: int | None = None,
-            truth: bool = True) -> tuple[np.ndarray, int, int, int]:
-        """Over rows lo..hi-1, where ``predicate`` is true (``truth``), or false, with the count of
-        such rows and the first and one past the last of them, relative to lo (0, 0 when none)."""
-        return run(self.compile(predicate), self._layout, lo, self.num_rows if hi is None else hi, truth)
+    def run(self, predicate: Predicate, lo: int = 0, hi: int | None = None, truth: bool = True,
+            conjuncts: tuple[int, ...] | None = None) -> tuple[np.ndarray, int, int, int]:
+        """Over rows lo..hi-1, where ``predicate`` (or its ``conjuncts``, see :meth:`compile`) is true
+        (``truth``), or false, with the count of such rows and the first and one past the last of
+        them, relative to lo (0, 0 when none)."""
+        return run(self.compile(predicate, conjuncts), self._layout, lo, self.num_rows if hi is None else hi, truth)
 
     def evaluate(self, predicate: Predicate, truth: bool = True) -> np.ndarray:
         """The rows where ``predicate`` is true (``truth``), or false (not validated: see

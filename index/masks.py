@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from beamvec.index.columns import Columns
-from beamvec.index.predicate import And, Between, BoolColumn, Compare, In, IsNull, MatchAll, Predicate, and_
+from beamvec.index.predicate import And, Between, BoolColumn, Compare, In, IsNull, MatchAll, Predicate
 
 # Bytes of masks kept per table.
 DEFAULT_BUDGET = 256 << 20
@@ -90,37 +90,38 @@ class MaskCache:
     def _evaluate(self, predicate: Predicate) -> Run:
         if isinstance(predicate, MatchAll):
             return Run(self.num_rows, 0, self.num_rows, None)
-        parts = list(predicate.parts) if isinstance(predicate, And) else [predicate]
-        count = len(parts)
+        parts = predicate.parts if isinstance(predicate, And) else (predicate,)
         lo, hi, rest = self._narrow(parts)
         if lo >= hi:
             return Run(0, 0, 0, None)
         if not rest:
             return Run(hi - lo, lo - self.start, hi - self.start, None)
-        local, matches, first, last = self.columns.run(predicate if len(rest) == count else and_(*rest), lo, hi)
+        conjuncts = None if len(rest) == len(parts) else tuple(rest)
+        local, matches, first, last = self.columns.run(predicate, lo, hi, conjuncts=conjuncts)
         if matches == 0:
             return Run(0, 0, 0, None)
         lo -= self.start
         return Run(matches, lo + first, lo + last, None if matches == last - first else local[first:last])
 
-    def _narrow(self, parts: list[Predicate]) -> tuple[int, int, list[Predicate]]:
+    def _narrow(self, parts: tuple[Predicate, ...]) -> tuple[int, int, list[int]]:
         """The run of rows (of the columns) the conjuncts ``parts`` on the sort columns allow, and the
-        conjuncts left over."""
+        positions of the conjuncts left over."""
         lo, hi = self.start, self.stop
+        rest = list(range(len(parts)))
         for name in self.sorted_by:
             held = False
-            for part in list(parts):
-                if getattr(part, "column", None) != name or not _may_be_interval(part):
+            for i, part in enumerate(parts):
+                if i not in rest or getattr(part, "column", None) != name or not _may_be_interval(part):
                     continue
                 lo, hi, exact, single = _interval(self.columns, part, lo, hi)
                 if exact:
-                    parts.remove(part)
+                    rest.remove(i)
                 held = held or single
                 if lo >= hi:
-                    return lo, hi, parts
+                    return lo, hi, rest
             if not held:  # rows are sorted by the next column only where this one holds a single value
                 break
-        return lo, hi, parts
+        return lo, hi, rest
 
 def _may_be_interval(atom: Predicate) -> bool:
     """Whether an atom can select an interval of sorted values (see :func:`_interval`)."""
