@@ -20,18 +20,17 @@ from threadpoolctl import threadpool_limits
 
 from beamvec.index import exact, fs
 from beamvec.index.columns import Columns
-from beamvec.index.manifest import Manifest, ManifestError, PartitionEntry, check_relative_path, checksum
+from beamvec.index.manifest import Manifest, PartitionEntry, check_relative_path, checksum, partition_id
 from beamvec.index.plan import PartitionPlan, SinglePlan, plan_from_json
 from beamvec.index.predicate import MATCH_ALL, Predicate
-from beamvec.index.shard import SearchParams, Shard, clear_predicate_caches, group_predicates
+from beamvec.index.search import ROW_SPACE, Router, group_queries, load_shard, merge_partial, partial_of, shard_groups
+from beamvec.index.shard import SearchParams, Shard, clear_predicate_caches
 from beamvec.index.stats import SearchStats
 from beamvec.index.zones import ZoneMaps
 
 if TYPE_CHECKING:
     from beamvec.index.querylog import QueryLog
 
-# Handles in merged results: partition ordinal * _ROW_SPACE + row.
-_ROW_SPACE = 1 << 40
 # Predicates an index remembers as checked against its columns.
 _VALIDATED_CACHE = 100_000
 
@@ -110,11 +109,6 @@ def build_index(
     return manifest
 
 
-def partition_id(ordinal: int) -> str:
-    """The id of a plan's partition: p00000, p00001, ..."""
-    return f"p{ordinal:05d}"
-
-
 class Index:
     """An opened index. Shards load on first use and stay loaded.
 
@@ -136,6 +130,7 @@ class Index:
         self._entry = {p.id: i for i, p in enumerate(manifest.partitions)}
         self._validated: set[Predicate] = set()
         self._zones: ZoneMaps | None = None
+        self._router: Router | None = None
 
     @classmethod
     def open(cls, path: str, verify: bool = True, workers: int | None = None) -> "Index":
@@ -151,17 +146,10 @@ class Index:
         return self.manifest.dimension
 
     def shard(self, ordinal: int) -> Shard:
-        """The shard of partition ``ordinal``, loaded (and checked) on first use."""
+        """The shard of partition ``ordinal``, loaded (and checked: :func:`beamvec.index.search.load_shard`) on first use."""
         entry = self.manifest.partitions[ordinal]
         if entry.id not in self._shards:
-            filesystem = fs.filesystem_for(self.path)
-            path = filesystem.join(self.path, check_relative_path(entry.path))
-            if self.verify and checksum(path) != entry.checksum:
-                raise ManifestError(f"shard {entry.id} at {path} does not match its checksum in the manifest")
-            shard = Shard.load(path, metric=self.metric, dimension=self.dimension)
-            if shard.num_rows != entry.rows:
-                raise ManifestError(f"shard {entry.id} holds {shard.num_rows} rows, the manifest says {entry.rows}")
-            self._shards[entry.id] = shard
+            self._shards[entry.id] = load_shard(self.path, self.manifest, ordinal, self.verify)
         return self._shards[entry.id]
 
     def clear_caches(self) -> None:
@@ -195,16 +183,13 @@ class Index:
             raise ValueError(f"query vectors have shape {vectors.shape}; the index has dimension {self.dimension}")
         n = len(vectors)
         with self.stats.timed("predicates"):
-            groups = group_predicates(predicates if predicates is not None else [None] * n)
-            if sum(len(m) for m in groups.values()) != n:
-                raise ValueError(f"{sum(len(m) for m in groups.values())} predicates for {n} queries")
-            distinct = list(groups)
-            group_of = np.empty(n, np.int64)
-            for g, members in enumerate(groups.values()):
-                group_of[members] = g
-            self._validate(distinct)
+            if predicates is not None and len(predicates) != n:
+                raise ValueError(f"{len(predicates)} predicates for {n} queries")
+            queries = group_queries(predicates if predicates is not None else [None] * n)
+            self._validate(queries.distinct)
         with self.stats.timed("routing"):
-            tasks = [(ordinal, members, self.shard(ordinal)) for ordinal, members in self._route(groups, group_of, vectors)]
+            tasks = [(ordinal, members, self.shard(ordinal))
+                     for ordinal, members in self.router().route(queries, vectors)]
         prepared = exact.prepare(vectors, self.metric)
         handles = np.full((n, k), -1, np.int64)
         keys = np.full((n, k), -np.inf, np.float32)
@@ -212,7 +197,7 @@ class Index:
         def search_shard(t: int):
             """Plan a shard's search (runs and masks: Python, so on this thread) and start it."""
             _, members, shard = tasks[t]
-            plan = shard.plan_groups(k, _local_groups(distinct, group_of[members]), params, self.stats)
+            plan = shard.plan_groups(k, shard_groups(queries, members), params, self.stats)
             if pool is None:
                 return shard.execute(prepared[members], k, plan)
             return pool.submit(shard.execute, prepared[members], k, plan, False)
@@ -232,9 +217,7 @@ class Index:
                 self.stats.add(result.stats)
                 self.partitions_searched += len(members)
                 with self.stats.timed("merge"):
-                    found = np.where(result.rows >= 0, ordinal * _ROW_SPACE + result.rows, -1)
-                    handles[members], keys[members] = exact.merge(
-                        [(handles[members], keys[members]), (found, result.keys)], k)
+                    merge_partial(handles, keys, partial_of(ordinal, members, result))
         return self._ids(handles), exact.finish(keys, self.metric)
 
     def _validate(self, predicates: list[Predicate]) -> None:
@@ -263,33 +246,19 @@ class Index:
             self._zones = ZoneMaps([s.columns for s in shards])
         return self._zones
 
-    def _route(self, groups: dict[Predicate, np.ndarray], group_of: np.ndarray,
-               vectors: np.ndarray) -> list[tuple[int, np.ndarray]]:
-        """(shard ordinal, positions of the queries to search in it), for every shard some query
-        must visit: those whose rows can match the query's predicate (zone maps), among the
-        partitions a vector-space plan probes for it."""
-        zones = self.zones()
-        reach = np.array([zones.may_match(p) for p in groups]).reshape(len(groups), zones.partitions)
-        if self.plan.routes_by_vector:
-            probed = [(ordinal, members) for part, members in enumerate(self.plan.route(groups, vectors))
-                      if (ordinal := self._entry.get(partition_id(part))) is not None]
-        else:
-            everyone = np.arange(len(group_of))
-            probed = [(ordinal, everyone) for ordinal in range(zones.partitions)]
-        out = []
-        for ordinal, members in probed:
-            members = members[reach[group_of[members], ordinal]]
-            if len(members):
-                out.append((ordinal, members))
-        return out
+    def router(self) -> Router:
+        """Routes queries to shards by the shards' zone maps (see :meth:`zones`) within the plan's probes."""
+        if self._router is None:
+            self._router = Router(self.plan, [p.id for p in self.manifest.partitions], self.zones())
+        return self._router
 
     def _ids(self, handles: np.ndarray) -> np.ndarray:
         integer = self.manifest.id_type == "int64"
         out = np.full(handles.shape, -1 if integer else None, np.int64 if integer else object)
-        ordinal = np.where(handles >= 0, handles // _ROW_SPACE, -1)
+        ordinal = np.where(handles >= 0, handles // ROW_SPACE, -1)
         for o in np.unique(ordinal[ordinal >= 0]):
             where = ordinal == o
-            rows = handles[where] % _ROW_SPACE
+            rows = handles[where] % ROW_SPACE
             out[where] = np.asarray(self.shard(int(o)).ids.take(pa.array(rows)).to_numpy(zero_copy_only=False))
         return out
 
@@ -297,11 +266,3 @@ class Index:
 def _usable_cpus() -> int:
     """The CPUs this process may run on (all of them where the OS cannot say)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _local_groups(distinct: list[Predicate], group_of: np.ndarray) -> dict[Predicate, np.ndarray]:
-    """Positions 0..len(group_of)-1 grouped by predicate (``distinct[group_of[i]]``)."""
-    order = np.argsort(group_of, kind="stable")
-    sorted_groups = group_of[order]
-    starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
-    return {distinct[sorted_groups[a]]: order[a:b] for a, b in zip(starts, np.r_[starts[1:], len(order)])}

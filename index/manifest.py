@@ -123,6 +123,11 @@ def check_relative_path(path: str) -> str:
     return path
 
 
+def partition_id(ordinal: int) -> str:
+    """The id of a plan's partition: p00000, p00001, ..."""
+    return f"p{ordinal:05d}"
+
+
 def checksum(shard_path: str) -> str:
     """SHA-256 over a shard directory's file names and contents, in name order."""
     filesystem = fs.filesystem_for(shard_path)

@@ -227,42 +227,33 @@ def heldout_partial(shard: "Shard", ordinal: int, plan: "PartitionPlan", heldout
     from threadpoolctl import threadpool_limits
 
     from beamvec.index import exact
-    from beamvec.index.index import _ROW_SPACE, _local_groups
     from beamvec.index.plan import PartitionPlan
-    from beamvec.index.shard import group_predicates
+    from beamvec.index.search import ROW_SPACE, group_queries, search_shard, shard_groups
 
     n = len(heldout.predicates)
-    groups = group_predicates(heldout.predicates)
-    distinct = list(groups)
-    group_of = np.empty(n, np.int64)
-    for g, members in enumerate(groups.values()):
-        group_of[members] = g
+    queries = group_queries(heldout.predicates)
     vectors = heldout.vectors if n else np.zeros((0, shard.dimension), np.float32)
     prepared = exact.prepare(vectors, shard.metric)
-    approx = plan.route(groups, vectors)[ordinal] if n else np.zeros(0, np.int64)
+    approx = plan.route(queries.groups, vectors)[ordinal] if n else np.zeros(0, np.int64)
     # Sound routing by description only: where an exact answer may lie, whatever the plan probes.
-    reach = PartitionPlan.route(plan, groups, vectors)[ordinal] if n else np.zeros(0, np.int64)
-
-    def handles(rows: np.ndarray) -> np.ndarray:
-        return np.where(rows >= 0, ordinal * _ROW_SPACE + rows, -1)
-
+    reach = PartitionPlan.route(plan, queries.groups, vectors)[ordinal] if n else np.zeros(0, np.int64)
+    if len(approx):
+        found, _ = search_shard(shard, ordinal, queries, approx, prepared[approx], k, parallel=False)
+        approx_handles, approx_keys = found.handles, found.keys
+    else:
+        approx_handles, approx_keys = np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+    exact_handles = np.full((len(reach), k), -1, np.int64)
+    exact_keys = np.full((len(reach), k), -np.inf, np.float32)
+    matches = np.zeros(len(reach), np.int64)
     with threadpool_limits(1, "blas"):  # as Index.search: scores agree to the bit
-        if len(approx):
-            found = shard.search_groups(prepared[approx], k, _local_groups(distinct, group_of[approx]), parallel=False)
-            approx_handles, approx_keys = handles(found.rows), found.keys
-        else:
-            approx_handles, approx_keys = np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
-        exact_handles = np.full((len(reach), k), -1, np.int64)
-        exact_keys = np.full((len(reach), k), -np.inf, np.float32)
-        matches = np.zeros(len(reach), np.int64)
-        for predicate, local in (_local_groups(distinct, group_of[reach]).items() if len(reach) else ()):
+        for predicate, local in (shard_groups(queries, reach).items() if len(reach) else ()):
             mask = shard.mask(predicate)
             rows = None if mask is None else np.flatnonzero(mask)
             matches[local] = shard.num_rows if rows is None else len(rows)
             if rows is not None and not len(rows):
                 continue
             found_rows, exact_keys[local] = exact.search_rows(shard.vectors, prepared[reach[local]], k, shard.metric, rows)
-            exact_handles[local] = handles(found_rows)
+            exact_handles[local] = np.where(found_rows >= 0, ordinal * ROW_SPACE + found_rows, -1)
     return HeldoutPartial(ordinal, approx, approx_handles, approx_keys, reach, exact_handles, exact_keys, matches)
 
 

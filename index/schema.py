@@ -50,13 +50,15 @@ class Rejection:
 class Validated:
     """The outcome of validating a table: the usable rows, their vectors, and the rejected rows.
 
-    ``rows`` holds the input positions of the accepted rows, in input order.
+    ``rows`` holds the input positions of the accepted rows, in input order; ``source`` names
+    the input they came from (a file), so (source, first row) tells blocks apart.
     """
 
     table: pa.Table
     vectors: np.ndarray
     rows: np.ndarray
     rejections: tuple[Rejection, ...]
+    source: str = ""
 
     def rejections_table(self) -> pa.Table:
         """The rejections as a dead-letter table (row, id, reason)."""

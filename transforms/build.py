@@ -25,7 +25,8 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
 from beamvec.index.hashing import id_hashes
-from beamvec.index.index import id_type_name, partition_id, write_shard
+from beamvec.index.index import id_type_name, write_shard
+from beamvec.index.manifest import partition_id
 from beamvec.index import querylog
 from beamvec.index.manifest import Manifest, PartitionEntry
 from beamvec.index.plan import PartitionPlan, fit_plan, plan_from_json

@@ -1,11 +1,18 @@
-"""Batch hybrid search as the final join stage of a pipeline.
+"""Batch hybrid search as the final join stage of a pipeline, on the search core
+(:mod:`beamvec.index.search`) that :meth:`Index.search` runs in-process.
 
-Query blocks are routed with the index's plan to the partitions they can match,
-keyed by partition, grouped, and searched against that partition's shard (loaded
-once per worker and kept, at most ``max_shards`` per worker, least recently used
-evicted). Each (block, partition) pair yields a partial top-k; the partials of a
-block are merged into its queries' global top-k. Blocks travel whole: no stage
-handles one Python object per query.
+1. Route (where the queries are): each block's predicates are grouped and checked against
+   the index's attributes (a predicate that does not fit dead-letters its queries), and each
+   query is routed to the shards that can hold a match (zone maps over the shards' rows,
+   read once per worker), keyed by shard.
+2. Search (per shard): all the queries routed to a shard, in (block, position) order, are
+   searched together against the shard, loaded and checked once per worker (at most
+   ``max_shards`` kept, least recently used evicted), exactly as :meth:`Index.search`
+   searches it; the shard's top-k goes back to each block.
+3. Merge (per block): the shards' partials are merged in shard order into each query's top-k.
+
+Blocks travel whole (no stage handles one Python object per query), keyed by their source
+file and first row, so blocks of different files never mix even when query ids repeat.
 """
 
 from __future__ import annotations
@@ -19,18 +26,20 @@ from typing import Iterable
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
 from beamvec.index import exact
-from beamvec.index.index import partition_id
-from beamvec.index.manifest import Manifest, check_relative_path
-from beamvec.index.predicate import PredicateError
+from beamvec.index.columns import Columns
+from beamvec.index.manifest import Manifest
+from beamvec.index.plan import plan_from_json
 from beamvec.index.schema import (
     K, PREDICATE, QUERY_ID, VECTOR, Rejection, Validated, results_table, validate_queries, vectors_array,
 )
-from beamvec.index.shard import ROWS, Shard, group_predicates
-from beamvec.transforms.build import cached_plan
+from beamvec.index.search import (
+    ROW_SPACE, Partial, Router, check_predicates, group_queries, load_shard, merge_partial, read_rows, search_shard,
+)
+from beamvec.index.shard import Shard
+from beamvec.index.zones import ZoneMaps
 from beamvec.transforms.validate import REJECTED, dead_letters
 
 DEFAULT_MAX_SHARDS = 8
@@ -38,27 +47,27 @@ DEFAULT_MAX_SHARDS = 8
 
 @dataclasses.dataclass(frozen=True)
 class QueryBlock:
-    """Queries of one block bound for one partition: positions in the block, vectors, predicates, k."""
+    """The queries of one block bound for one shard: the block's key, their positions in it,
+    vectors, predicates (parsed) and k each."""
 
-    block: str
+    block: tuple[str, int]
     positions: np.ndarray
     vectors: np.ndarray
     predicates: list
-    k: int
+    ks: np.ndarray
 
 
 @dataclasses.dataclass(frozen=True)
-class Partial:
-    """One partition's top-k for some queries of a block (ids padded with None, keys with -inf)."""
+class BlockPartial:
+    """One shard's top-k for some queries of a block (:class:`beamvec.index.search.Partial`), with
+    the ids of its handles (None where there is none)."""
 
-    partition: str
-    positions: np.ndarray
+    partial: Partial
     ids: np.ndarray
-    keys: np.ndarray
 
 
-def _block_key(validated: Validated) -> str:
-    return f"{validated.rows[0]}:{validated.table.column(QUERY_ID)[0].as_py()!r}"
+def _block_key(validated: Validated) -> tuple[str, int]:
+    return validated.source, int(validated.rows[0])
 
 
 def _query_k(table: pa.Table, default_k: int) -> np.ndarray:
@@ -67,135 +76,144 @@ def _query_k(table: pa.Table, default_k: int) -> np.ndarray:
     return np.asarray(table.column(K).fill_null(default_k).to_numpy(zero_copy_only=False), np.int64)
 
 
-class _Route(beam.DoFn):
-    def __init__(self, index_path: str, k: int):
-        self.index_path, self.k = index_path, k
-
-    def setup(self):
-        self.manifest = Manifest.read(self.index_path)
-        self.present = {p.id for p in self.manifest.partitions}
-        self.schema = attribute_schema(self.index_path, self.manifest)
-        self.routed = Metrics.counter("beamvec", "partitions_searched")
-        self.rejected = Metrics.counter("beamvec", "queries_rejected")
-
-    def process(self, validated: Validated):
-        predicates = validated.table.column(PREDICATE).to_pylist() if PREDICATE in validated.table.column_names \
-            else [None] * validated.table.num_rows
-        groups = group_predicates(predicates)
-        bad = {}
-        for p, members in groups.items():
-            try:
-                p.validate(self.schema)
-            except PredicateError as e:
-                bad.update({int(i): f"predicate does not fit the index: {e}" for i in members})
-        if bad:
-            self.rejected.inc(len(bad))
-            ids = validated.table.column(QUERY_ID).to_pylist()
-            rejections = [Rejection(int(validated.rows[i]), str(ids[i]), reason) for i, reason in sorted(bad.items())]
-            yield beam.pvalue.TaggedOutput(REJECTED, dead_letters(Validated(validated.table, validated.vectors, validated.rows,
-                                                                            tuple(rejections)), "queries"))
-            keep = np.array(sorted(set(range(validated.table.num_rows)) - set(bad)), np.int64)
-            if not len(keep):
-                return
-            validated = Validated(validated.table.take(pa.array(keep)), validated.vectors[keep], validated.rows[keep], ())
-            predicates = [predicates[i] for i in keep]
-            groups = group_predicates(predicates)
-        key = _block_key(validated)
-        yield beam.pvalue.TaggedOutput("blocks", (key, validated))
-        parsed = [None] * len(predicates)
-        for p, members in groups.items():
-            for i in members:
-                parsed[i] = p
-        ks = _query_k(validated.table, self.k)
-        plan = cached_plan(self.manifest.plan or {"kind": "single"})
-        for ordinal, members in enumerate(plan.route(groups, validated.vectors)):
-            pid = partition_id(ordinal)
-            if len(members) and pid in self.present:
-                self.routed.inc(len(members))
-                yield pid, QueryBlock(key, members, validated.vectors[members], [parsed[i] for i in members],
-                                      int(ks[members].max()))
-
-
-def attribute_schema(index_path: str, manifest: Manifest) -> pa.Schema:
-    """The items' attribute schema (with id), read from the first shard's rows file."""
-    from beamvec.index import fs
-
-    if not manifest.partitions:
-        return pa.schema([("id", pa.int64() if manifest.id_type == "int64" else pa.string())])
-    filesystem = fs.filesystem_for(index_path)
-    path = filesystem.join(index_path, check_relative_path(manifest.partitions[0].path), ROWS)
-    return pq.read_schema(pa.BufferReader(filesystem.read_bytes(path)))
-
-
+_ROUTERS: dict[tuple, tuple[Router, pa.Schema]] = {}
 _SHARDS: collections.OrderedDict = collections.OrderedDict()
-_SHARDS_LOCK = threading.Lock()
+_LOCK = threading.Lock()
 
 
-def load_shard(index_path: str, manifest: Manifest, pid: str, max_shards: int) -> Shard:
-    """The shard of partition ``pid``, loaded once per worker process and kept (LRU, ``max_shards``)."""
-    entry = next(p for p in manifest.partitions if p.id == pid)
-    key = (index_path, pid, entry.checksum)
-    with _SHARDS_LOCK:
+def _manifest_key(index_path: str, manifest: Manifest) -> tuple:
+    return index_path, tuple(p.checksum for p in manifest.partitions)
+
+
+def router_of(index_path: str, manifest: Manifest) -> tuple[Router, pa.Schema]:
+    """The index's router (zone maps over every shard's rows) and attribute schema, once per worker."""
+    key = _manifest_key(index_path, manifest)
+    with _LOCK:
+        if key not in _ROUTERS:
+            rows = [read_rows(index_path, manifest, o) for o in range(len(manifest.partitions))]
+            schema = rows[0].schema if rows else pa.schema([("id", pa.int64() if manifest.id_type == "int64"
+                                                                  else pa.string())])
+            _ROUTERS.clear()
+            _ROUTERS[key] = (Router(plan_from_json(manifest.plan or {"kind": "single"}),
+                                    [p.id for p in manifest.partitions], ZoneMaps([Columns(t) for t in rows])), schema)
+        return _ROUTERS[key]
+
+
+def shard_of(index_path: str, manifest: Manifest, ordinal: int, max_shards: int) -> Shard:
+    """Shard ``ordinal``, loaded and checked (:func:`beamvec.index.search.load_shard`) once per worker
+    process and kept (LRU, ``max_shards``)."""
+    key = (*_manifest_key(index_path, manifest), ordinal)
+    with _LOCK:
         if key in _SHARDS:
             _SHARDS.move_to_end(key)
             return _SHARDS[key]
-    from beamvec.index import fs
-
-    filesystem = fs.filesystem_for(index_path)
-    shard = Shard.load(filesystem.join(index_path, check_relative_path(entry.path)), manifest.metric, manifest.dimension)
-    with _SHARDS_LOCK:
+    shard = load_shard(index_path, manifest, ordinal)
+    with _LOCK:
         _SHARDS[key] = shard
         while len(_SHARDS) > max_shards:
             _SHARDS.popitem(last=False)
     return shard
 
 
+class _Route(beam.DoFn):
+    def __init__(self, index_path: str, k: int):
+        self.index_path, self.k = index_path, k
+
+    def setup(self):
+        self.manifest = Manifest.read(self.index_path)
+        self.routed = Metrics.counter("beamvec", "partitions_searched")
+        self.rejected = Metrics.counter("beamvec", "queries_rejected")
+
+    def process(self, validated: Validated):
+        router, schema = router_of(self.index_path, self.manifest)
+        n = validated.table.num_rows
+        predicates = validated.table.column(PREDICATE).to_pylist() if PREDICATE in validated.table.column_names \
+            else [None] * n
+        queries = group_queries(predicates)
+        bad = check_predicates(queries.distinct, schema)
+        if bad:
+            failing = np.isin(queries.group_of, list(bad))
+            self.rejected.inc(int(failing.sum()))
+            ids = validated.table.column(QUERY_ID).to_pylist()
+            rejections = tuple(Rejection(int(validated.rows[i]), str(ids[i]),
+                                         f"predicate does not fit the index: {bad[queries.group_of[i]]}")
+                               for i in np.flatnonzero(failing))
+            yield beam.pvalue.TaggedOutput(REJECTED, dead_letters(dataclasses.replace(validated, rejections=rejections),
+                                                                  "queries"))
+            keep = np.flatnonzero(~failing)
+            if not len(keep):
+                return
+            validated = dataclasses.replace(validated, table=validated.table.take(pa.array(keep)),
+                                            vectors=validated.vectors[keep], rows=validated.rows[keep], rejections=())
+            queries = group_queries([predicates[i] for i in keep])
+        key = _block_key(validated)
+        yield beam.pvalue.TaggedOutput("blocks", (key, validated))
+        distinct = queries.distinct
+        ks = _query_k(validated.table, self.k)
+        for ordinal, members in router.route(queries, validated.vectors):
+            self.routed.inc(len(members))
+            yield ordinal, QueryBlock(key, members, validated.vectors[members],
+                                      [distinct[g] for g in queries.group_of[members]], ks[members])
+
+
 class _Search(beam.DoFn):
-    def __init__(self, index_path: str, batch_size: int, max_shards: int):
-        self.index_path, self.batch_size, self.max_shards = index_path, batch_size, max_shards
+    """All the queries routed to one shard, searched together as :meth:`Index.search` searches it."""
+
+    def __init__(self, index_path: str, max_shards: int):
+        self.index_path, self.max_shards = index_path, max_shards
 
     def setup(self):
         self.manifest = Manifest.read(self.index_path)
 
-    def process(self, element) -> Iterable[tuple[str, Partial]]:
-        pid, blocks = element
-        shard = load_shard(self.index_path, self.manifest, pid, self.max_shards)
-        for block in sorted(blocks, key=lambda b: b.block):
-            for lo in range(0, len(block.positions), self.batch_size):
-                hi = lo + self.batch_size
-                result = shard.search(block.vectors[lo:hi], block.k, block.predicates[lo:hi])
-                ids = np.asarray(shard.ids_of(result.rows).to_pylist(), dtype=object).reshape(result.rows.shape)
-                yield block.block, Partial(pid, block.positions[lo:hi], ids, result.keys)
+    def process(self, element) -> Iterable[tuple[tuple[str, int], BlockPartial]]:
+        ordinal, blocks = element
+        blocks = sorted(blocks, key=lambda b: b.block)
+        shard = shard_of(self.index_path, self.manifest, ordinal, self.max_shards)
+        vectors = np.concatenate([b.vectors for b in blocks])
+        queries = group_queries([p for b in blocks for p in b.predicates])
+        k = int(max(int(b.ks.max()) for b in blocks))
+        partial, _ = search_shard(shard, ordinal, queries, np.arange(len(vectors)),
+                                  exact.prepare(vectors, self.manifest.metric), k)
+        rows = np.where(partial.handles >= 0, partial.handles % ROW_SPACE, -1)
+        ids = np.asarray(shard.ids_of(rows).to_pylist(), object).reshape(rows.shape)
+        start = 0
+        for b in blocks:
+            stop = start + len(b.positions)
+            yield b.block, BlockPartial(Partial(ordinal, b.positions, partial.handles[start:stop],
+                                                partial.keys[start:stop]), ids[start:stop])
+            start = stop
 
 
 class _Merge(beam.DoFn):
-    def __init__(self, metric: str, id_type: pa.DataType, k: int):
-        self.metric, self.id_type, self.k = metric, id_type, k
+    def __init__(self, index_path: str, k: int):
+        self.index_path, self.k = index_path, k
         self.answered = Metrics.counter("beamvec", "queries_answered")
+
+    def setup(self):
+        manifest = Manifest.read(self.index_path)
+        self.metric = manifest.metric
+        self.id_type = pa.int64() if manifest.id_type == "int64" else pa.string()
 
     def process(self, element):
         _, values = element
         validated = next(v for v in values if isinstance(v, Validated))
-        partials = sorted((v for v in values if isinstance(v, Partial)), key=lambda p: p.partition)
+        partials = sorted((v for v in values if isinstance(v, BlockPartial)), key=lambda p: p.partial.ordinal)
         n = validated.table.num_rows
         ks = _query_k(validated.table, self.k)
-        width = int(ks.max())
-        ids = [np.full((n, width), None, object)]
-        keys = [np.full((n, width), -np.inf, np.float32)]
-        for partial in partials:
-            found = partial.keys.shape[1]
-            ids.append(np.full((n, width), None, object))
-            keys.append(np.full((n, width), -np.inf, np.float32))
-            ids[-1][partial.positions, :found] = partial.ids
-            keys[-1][partial.positions, :found] = partial.keys
-        ids, keys = np.concatenate(ids, axis=1), np.concatenate(keys, axis=1)
-        pos, best = exact.top_k(keys, width)
-        best_ids = np.take_along_axis(ids, np.maximum(pos, 0), axis=1)
-        best_ids[pos < 0] = None
-        found = np.minimum((pos >= 0).sum(axis=1), ks)
+        handles = np.full((n, int(ks.max())), -1, np.int64)
+        keys = np.full(handles.shape, -np.inf, np.float32)
+        for p in partials:
+            merge_partial(handles, keys, p.partial)
+        ids = np.full(handles.shape, None, object)
+        if partials:
+            known = np.concatenate([p.partial.handles.reshape(-1) for p in partials])
+            names = np.concatenate([p.ids.reshape(-1) for p in partials])
+            order = np.argsort(known, kind="stable")
+            found = handles >= 0
+            ids[found] = names[order[np.searchsorted(known[order], handles[found])]]
         self.answered.inc(n)
-        yield results_table(validated.table.column(QUERY_ID), pa.array(best_ids.reshape(-1).tolist(), self.id_type),
-                            exact.finish(best, self.metric), found)
+        yield results_table(validated.table.column(QUERY_ID), pa.array(ids.reshape(-1).tolist(), self.id_type),
+                            exact.finish(keys, self.metric), np.minimum((handles >= 0).sum(axis=1), ks))
 
 
 class HybridSearch(beam.PTransform):
@@ -204,28 +222,27 @@ class HybridSearch(beam.PTransform):
     Results hold (query_id, neighbors best first), one table per block; ``k`` is the
     default where a query has no ``k`` of its own. Every query gets a result row (no
     neighbors when nothing matches its predicate) or, when its predicate names an
-    unknown column or mismatches a type, a dead letter.
+    unknown column or mismatches a type, a dead letter. The neighbours and scores are
+    those :meth:`Index.search` gives for the same queries in (file, row) order.
     """
 
-    def __init__(self, index_path: str, k: int = 10, batch_size: int = 4096, max_shards: int = DEFAULT_MAX_SHARDS):
+    def __init__(self, index_path: str, k: int = 10, max_shards: int = DEFAULT_MAX_SHARDS):
         super().__init__()
-        self.index_path, self.k, self.batch_size, self.max_shards = index_path, k, batch_size, max_shards
-        self.manifest = Manifest.read(index_path)
+        self.index_path, self.k, self.max_shards = index_path, k, max_shards
 
     def expand(self, queries):
         routed = queries | "Route" >> beam.ParDo(_Route(self.index_path, self.k)).with_outputs(
             "blocks", REJECTED, main="routed")
         partials = (
             routed.routed
-            | "ByPartition" >> beam.GroupByKey()
-            | "Search" >> beam.ParDo(_Search(self.index_path, self.batch_size, self.max_shards))
+            | "ByShard" >> beam.GroupByKey()
+            | "Search" >> beam.ParDo(_Search(self.index_path, self.max_shards))
         )
-        id_type = pa.int64() if self.manifest.id_type == "int64" else pa.string()
         results = (
             (routed.blocks, partials)
             | "Join" >> beam.Flatten()
             | "ByBlock" >> beam.GroupByKey()
-            | "Merge" >> beam.ParDo(_Merge(self.manifest.metric, id_type, self.k))
+            | "Merge" >> beam.ParDo(_Merge(self.index_path, self.k))
         )
         return {"results": results, REJECTED: routed[REJECTED]}
 
@@ -271,10 +288,10 @@ def _as_queries(validated: Validated, template: str, k: int):
     checked = validate_queries(queries, validated.vectors.shape[1])
     rejections = tuple(dataclasses.replace(r, row=int(validated.rows[r.row])) for r in checked.rejections)
     if rejections:
-        yield beam.pvalue.TaggedOutput(REJECTED, dead_letters(
-            Validated(checked.table, checked.vectors, checked.rows, rejections), "related items"))
+        yield beam.pvalue.TaggedOutput(REJECTED, dead_letters(dataclasses.replace(checked, rejections=rejections),
+                                                              "related items"))
     if checked.table.num_rows:
-        yield Validated(checked.table, checked.vectors, validated.rows[checked.rows], ())
+        yield dataclasses.replace(checked, rows=validated.rows[checked.rows], rejections=(), source=validated.source)
 
 
 class RelatedItems(beam.PTransform):
@@ -282,11 +299,10 @@ class RelatedItems(beam.PTransform):
     top-k related items under a predicate template filled from its own attributes
     (e.g. ``category = {category} AND id != {id}``)."""
 
-    def __init__(self, index_path: str, template: str, k: int = 10, batch_size: int = 4096,
-                 max_shards: int = DEFAULT_MAX_SHARDS):
+    def __init__(self, index_path: str, template: str, k: int = 10, max_shards: int = DEFAULT_MAX_SHARDS):
         super().__init__()
         self.template, self.k = template, k
-        self.search = HybridSearch(index_path, k, batch_size, max_shards)
+        self.search = HybridSearch(index_path, k, max_shards)
 
     def expand(self, items):
         queries = items | "AsQueries" >> beam.FlatMap(_as_queries, self.template, self.k).with_outputs(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
@@ -29,7 +31,7 @@ class _Validate(beam.DoFn):
 
     def process(self, block: Block):
         check = validate_items if self.kind == "items" else validate_queries
-        validated = check(block.table, self.dimension, row_offset=block.offset)
+        validated = dataclasses.replace(check(block.table, self.dimension, row_offset=block.offset), source=block.source)
         self.read.inc(block.table.num_rows)
         self.accepted.inc(validated.table.num_rows)
         self.rejected.inc(len(validated.rejections))

@@ -1,0 +1,176 @@
+"""The search core: a batch of hybrid queries against an index's shards, step by step.
+
+:meth:`beamvec.index.index.Index.search` runs these steps in one process;
+:class:`beamvec.transforms.search.HybridSearch` runs the same functions in Beam stages
+(group and route where the queries are, search where a shard is loaded, merge per block
+of queries), so both give the same neighbours and scores for the same queries:
+
+1. :func:`group_queries`: each distinct predicate parsed once, with its queries;
+2. :func:`check_predicates`: each one validated against the index's attribute schema;
+3. :class:`Router`: the shards each query must visit: those whose rows can match its
+   predicate (zone maps, :mod:`beamvec.index.zones`), among the partitions a vector-space
+   plan probes for it;
+4. :func:`shard_groups`, then :meth:`Shard.plan_groups` and :meth:`Shard.execute`: one
+   shard searched once for all the queries routed to it, grouped by predicate in the
+   order of their first query (the cost model prices a group by its size, so a shard
+   must see the same queries in the same order on every path), giving a :class:`Partial`;
+5. :func:`merge_partial`: each shard's partial merged into the running top-k, in
+   partition order, by handle (partition ordinal * :data:`ROW_SPACE` + row).
+
+Shards load with their checksum and row count checked (:func:`load_shard`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from beamvec.index import exact, fs
+from beamvec.index.manifest import Manifest, ManifestError, check_relative_path, checksum, partition_id
+from beamvec.index.plan import PartitionPlan
+from beamvec.index.predicate import Predicate, PredicateError
+from beamvec.index.shard import ROWS, SearchParams, Shard, ShardResult, group_predicates
+from beamvec.index.stats import SearchStats
+from beamvec.index.zones import ZoneMaps
+
+ROW_SPACE = 1 << 40
+"""Handles in merged results: partition ordinal * ROW_SPACE + row."""
+
+
+class Queries(NamedTuple):
+    """A batch's queries grouped by predicate: ``groups`` maps each distinct predicate, in the order
+    of its first query, to its queries' positions; ``group_of`` is each query's group number."""
+
+    groups: dict[Predicate, np.ndarray]
+    group_of: np.ndarray
+
+    @property
+    def distinct(self) -> list[Predicate]:
+        return list(self.groups)
+
+
+def group_queries(predicates: Sequence[str | Predicate | None]) -> Queries:
+    """Group queries by predicate (texts parsed once each; None or '' = no filter); PredicateError
+    on a text that does not parse."""
+    groups = group_predicates(predicates)
+    group_of = np.empty(len(predicates), np.int64)
+    for g, members in enumerate(groups.values()):
+        group_of[members] = g
+    return Queries(groups, group_of)
+
+
+def check_predicates(predicates: Sequence[Predicate], schema: pa.Schema) -> dict[int, str]:
+    """The predicates (by position) that do not fit ``schema``, and why."""
+    bad = {}
+    for i, p in enumerate(predicates):
+        try:
+            p.validate(schema)
+        except PredicateError as e:
+            bad[i] = str(e)
+    return bad
+
+
+def shard_groups(queries: Queries, members: np.ndarray) -> dict[Predicate, np.ndarray]:
+    """The queries at positions ``members`` (ascending) of a batch, grouped by predicate in the order
+    of their first query there, as positions into ``members``: what a shard is searched with."""
+    local = queries.group_of[members]
+    order = np.argsort(local, kind="stable")
+    ordered = local[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(order) else np.zeros(0, np.int64)
+    spans = sorted(zip(starts, np.r_[starts[1:], len(order)]), key=lambda span: order[span[0]])
+    distinct = queries.distinct
+    return {distinct[ordered[a]]: order[a:b] for a, b in spans}
+
+
+class Router:
+    """Which shards each query of a batch must visit: of the partitions ``plan`` probes for it
+    (all of them unless the plan routes by vector), those whose rows can match its predicate
+    (``zones``, over the index's shards in manifest order; ``partitions`` their partition ids)."""
+
+    def __init__(self, plan: PartitionPlan, partitions: Sequence[str], zones: ZoneMaps):
+        self.plan, self.zones = plan, zones
+        self._ordinal = {pid: ordinal for ordinal, pid in enumerate(partitions)}
+
+    def route(self, queries: Queries, vectors: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """(shard ordinal, ascending positions of the queries to search in it), in shard order."""
+        reach = np.array([self.zones.may_match(p) for p in queries.groups]).reshape(
+            len(queries.groups), self.zones.partitions)
+        if self.plan.routes_by_vector:
+            probed = [(ordinal, members) for part, members in enumerate(self.plan.route(queries.groups, vectors))
+                      if (ordinal := self._ordinal.get(partition_id(part))) is not None]
+        else:
+            everyone = np.arange(len(queries.group_of))
+            probed = [(ordinal, everyone) for ordinal in range(self.zones.partitions)]
+        out = []
+        for ordinal, members in probed:
+            members = members[reach[queries.group_of[members], ordinal]]
+            if len(members):
+                out.append((ordinal, members))
+        return out
+
+
+class Partial(NamedTuple):
+    """One shard's top-k for some queries of a batch: their positions, handles (ordinal *
+    :data:`ROW_SPACE` + row; -1 none) and ranking keys (-inf none), best first."""
+
+    ordinal: int
+    members: np.ndarray
+    handles: np.ndarray
+    keys: np.ndarray
+
+
+def partial_of(ordinal: int, members: np.ndarray, result: ShardResult) -> Partial:
+    """A shard's search result as a :class:`Partial`."""
+    return Partial(ordinal, members, np.where(result.rows >= 0, ordinal * ROW_SPACE + result.rows, -1), result.keys)
+
+
+def search_shard(shard: Shard, ordinal: int, queries: Queries, members: np.ndarray, prepared: np.ndarray, k: int,
+                 params: SearchParams | None = None, parallel: bool = True) -> tuple[Partial, SearchStats]:
+    """Search one shard for the queries ``members`` of a batch (``prepared``: their vectors, as
+    :func:`beamvec.index.exact.prepare` gives them), with one BLAS thread as :meth:`Index.search` does."""
+    from threadpoolctl import threadpool_limits
+
+    stats = SearchStats()
+    with threadpool_limits(1, "blas"):
+        plan = shard.plan_groups(k, shard_groups(queries, members), params, stats)
+        result = shard.execute(prepared, k, plan, parallel)
+    result.stats.add(stats)
+    return partial_of(ordinal, members, result), result.stats
+
+
+def merge_partial(handles: np.ndarray, keys: np.ndarray, partial: Partial) -> None:
+    """Merge ``partial`` into the running top-k (``handles``, ``keys``: (n, k), in place). Merge a
+    batch's partials in partition order: ties go to the earlier."""
+    m = partial.members
+    handles[m], keys[m] = exact.merge([(handles[m], keys[m]), (partial.handles, partial.keys)], handles.shape[1])
+
+
+def shard_path(index_path: str, manifest: Manifest, ordinal: int) -> str:
+    entry = manifest.partitions[ordinal]
+    return fs.filesystem_for(index_path).join(index_path, check_relative_path(entry.path))
+
+
+def load_shard(index_path: str, manifest: Manifest, ordinal: int, verify: bool = True) -> Shard:
+    """Shard ``ordinal`` of the index at ``index_path``, checked: its checksum (with ``verify``),
+    metric, dimension and row count against the manifest (ManifestError naming the shard)."""
+    entry = manifest.partitions[ordinal]
+    path = shard_path(index_path, manifest, ordinal)
+    if verify and checksum(path) != entry.checksum:
+        raise ManifestError(f"shard {entry.id} at {path} does not match its checksum in the manifest")
+    shard = Shard.load(path, metric=manifest.metric, dimension=manifest.dimension)
+    if shard.num_rows != entry.rows:
+        raise ManifestError(f"shard {entry.id} holds {shard.num_rows} rows, the manifest says {entry.rows}")
+    return shard
+
+
+def read_rows(index_path: str, manifest: Manifest, ordinal: int) -> pa.Table:
+    """Shard ``ordinal``'s rows (ids and attributes) only, its row count checked: what routing reads."""
+    entry = manifest.partitions[ordinal]
+    path = fs.filesystem_for(index_path).join(shard_path(index_path, manifest, ordinal), ROWS)
+    rows = pq.read_table(pa.BufferReader(fs.filesystem_for(index_path).read_bytes(path)))
+    if rows.num_rows != entry.rows:
+        raise ManifestError(f"shard {entry.id} holds {rows.num_rows} rows, the manifest says {entry.rows}")
+    return rows
