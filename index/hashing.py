@@ -11,12 +11,12 @@ import pyarrow as pa
 def id_hashes(ids: pa.Array) -> np.ndarray:
     """A stable 64-bit hash of each (non-null) id: the same on every worker and runner."""
     if pa.types.is_integer(ids.type):
-        return _mix64(ids.to_numpy(zero_copy_only=False).astype(np.uint64))
+        return mix64(ids.to_numpy(zero_copy_only=False).astype(np.uint64))
     return np.array([int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little")
                      for i in ids.to_pylist()], np.uint64)
 
 
-def _mix64(x: np.ndarray) -> np.ndarray:
+def mix64(x: np.ndarray) -> np.ndarray:
     """SplitMix64's finaliser: a bijective, well-mixed 64-bit hash of integers."""
     x = x + np.uint64(0x9E3779B97F4A7C15)
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)

@@ -282,8 +282,14 @@ def _fit_kind(spec: str, attributes: pa.Table, vectors: np.ndarray, workload: Se
         return AttributePlan.fit(attributes, spec.split(":", 1)[1])
     if spec == "kmeans":
         return KMeansPlan.fit(vectors, count, seed=seed)
-    if spec == "single":
-        return SinglePlan()
+    check_partitioner(spec)
+    return SinglePlan()
+
+
+def check_partitioner(spec: str) -> str:
+    """``spec`` if it names a partitioner (workload, hash, attribute:COL, kmeans, single); ValueError otherwise."""
+    if spec in ("workload", "hash", "kmeans", "single") or (spec.startswith("attribute:") and spec[len("attribute:"):]):
+        return spec
     raise ValueError(f"unknown partitioner {spec!r}; expected workload, hash, attribute:COL, kmeans or single")
 
 

@@ -25,9 +25,12 @@ from typing import TYPE_CHECKING, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from beamvec.index.hashing import _mix64
+from beamvec.index import fs
+from beamvec.index.hashing import mix64
 from beamvec.index.predicate import MatchAll, PredicateError, parse
+from beamvec.index.schema import PREDICATE, VECTOR, check_vectors, is_vector_type, vector_dimension
 
 if TYPE_CHECKING:
     from beamvec.index.plan import PartitionPlan
@@ -152,7 +155,7 @@ class QueryLog:
 
 def _ranked(n: int, salt: int) -> np.ndarray:
     """Positions 0..n-1 ordered by a stable hash of (position, salt)."""
-    hashes = _mix64(np.arange(n, dtype=np.uint64) ^ np.uint64(salt))
+    hashes = mix64(np.arange(n, dtype=np.uint64) ^ np.uint64(salt))
     return np.argsort(hashes, kind="stable")
 
 
@@ -324,3 +327,34 @@ def summarize_partials(partials: Sequence[HeldoutPartial], n: int, k: int = HELD
         return None
     approx, truth, matches = merge_heldout(partials, n, k)
     return recall_summary(exact.recall(approx, truth), matches, k, target)
+
+
+def read_workload(path: str | None, dimension: int | None = None) -> QueryLog:
+    """Past queries as a :class:`QueryLog`: Parquet with a ``predicate`` column and optionally a
+    ``vector`` column (list or fixed_size_list of floats), or text with one predicate per line
+    (then the log has no vectors).
+
+    Vectors of the wrong dimension (``dimension``, default the first vector's), null,
+    or holding null, NaN or infinite values are left out of the log's vectors (their
+    predicates stay); the log counts them in ``dropped``. No path gives an empty log.
+    """
+    if not path:
+        return QueryLog([])
+    data = fs.filesystem_for(path).read_bytes(path)
+    if data[:4] != b"PAR1":
+        return QueryLog([line.strip() for line in data.decode().splitlines()])
+    table = pq.read_table(pa.BufferReader(data))
+    if PREDICATE not in table.column_names:
+        raise ValueError(f"workload {path}: no '{PREDICATE}' column; columns are {', '.join(table.column_names)}")
+    predicates = table.column(PREDICATE).to_pylist()
+    if VECTOR not in table.column_names:
+        return QueryLog(predicates)
+    column = table.column(VECTOR)
+    if not is_vector_type(column.type):
+        raise ValueError(f"workload {path}: column '{VECTOR}' has type {column.type}; expected a list of floats")
+    dimension = dimension or vector_dimension(column)
+    if dimension is None:  # every vector is null
+        return QueryLog(predicates, dropped=table.num_rows)
+    vectors, bad = check_vectors(column, dimension)
+    good = np.array(sorted(set(range(table.num_rows)) - set(bad)), np.int64)
+    return QueryLog(predicates, vectors[good], good, dropped=len(bad))

@@ -143,7 +143,7 @@ def _id_text(value) -> str | None:
     return None if value is None else str(value)
 
 
-def _check_vectors(column: pa.ChunkedArray | pa.Array, dimension: int) -> tuple[np.ndarray, dict[int, str]]:
+def check_vectors(column: pa.ChunkedArray | pa.Array, dimension: int) -> tuple[np.ndarray, dict[int, str]]:
     """Dense float32 vectors (bad rows zero-filled) and, per bad row, the reason."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
@@ -212,7 +212,7 @@ def validate_items(table: pa.Table, dimension: int | None = None, row_offset: in
     if dimension is None:
         return _split(table, np.zeros((table.num_rows, 0), np.float32),
                       {i: "missing vector" for i in range(table.num_rows)}, ID, row_offset)
-    vectors, bad = _check_vectors(table.column(VECTOR), dimension)
+    vectors, bad = check_vectors(table.column(VECTOR), dimension)
     _check_ids(table, ID, bad)
     return _split(table, vectors, bad, ID, row_offset)
 
@@ -238,7 +238,7 @@ def validate_queries(table: pa.Table, dimension: int, row_offset: int = 0) -> Va
     from beamvec.index.predicate import PredicateError, parse
 
     check_query_schema(table.schema)
-    vectors, bad = _check_vectors(table.column(VECTOR), dimension)
+    vectors, bad = check_vectors(table.column(VECTOR), dimension)
     _check_ids(table, QUERY_ID, bad)
     if PREDICATE in table.column_names:
         for i, text in enumerate(table.column(PREDICATE).to_pylist()):

@@ -139,6 +139,10 @@ class ShardConfig:
             .reorder(self.reorder)
             .create_config()
         )
+        # Seeded, unbalanced, and k-means++ centres: ScaNN's random initialisation ignores the seed,
+        # so the same rows gave a different tree on every build (measured); k-means++ gives the same
+        # tree in every process and with any number of training threads.
+        config = config.replace("RANDOM_INITIALIZATION", "DEFAULT_KMEANS_PLUS_PLUS", 1)
         return config.replace("partitioning {", _DETERMINISTIC_PARTITIONING, 1)
 
 

@@ -15,7 +15,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from beamvec.index import Index, build_index, exact, synthetic
+from beamvec.index import Index, build_index, exact
+from beamvec.pipelines import synthetic
 from beamvec.index.columns import masks_of
 from beamvec.index.schema import validate_items
 

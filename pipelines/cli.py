@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from importlib import metadata
+
+from beamvec.pipelines import quiet
 
 
 # `bench --suite compare --methods`: beamvec.pipelines.compare.METHODS (not imported: it loads the index).
@@ -19,6 +20,23 @@ def _demo(args: argparse.Namespace, extra: list[str]) -> int:
           flush=True)
     demo.run(args.num_items, args.num_queries, args.dimension, args.k, args.seed, extra,
              log=lambda line: print(line, flush=True))
+    return 0
+
+
+def _generate(args: argparse.Namespace, extra: list[str]) -> int:
+    import os
+
+    import pyarrow.parquet as pq
+
+    from beamvec.pipelines import synthetic
+
+    items, queries, log = synthetic.generate(args.generator, args.num_items, args.dimension, args.num_queries,
+                                             args.seed)
+    os.makedirs(args.output, exist_ok=True)
+    for name, table in (("items", items), ("queries", queries), ("workload", log)):
+        path = os.path.join(args.output, f"{name}.parquet")
+        pq.write_table(table, path)
+        print(f"{path}: {table.num_rows:,} rows ({', '.join(table.column_names)})")
     return 0
 
 
@@ -52,25 +70,52 @@ def _bench(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def _beam_options(extra: list[str]):
+def beam_options(extra: list[str]):
+    """Beam's pipeline options from the flags beamvec does not own; SystemExit naming any flag that
+    neither beamvec nor Beam knows (a mistyped flag is an error, not silently dropped)."""
+    import logging
+
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    return PipelineOptions(extra)
+    logging.getLogger("apache_beam.options.pipeline_options").setLevel(logging.ERROR)  # we report unknown flags
+    options = PipelineOptions(extra)
+    unknown = sorted(set(options.get_all_options(retain_unknown_options=True)) - set(options.get_all_options()))
+    if unknown:
+        raise SystemExit(f"beamvec: unknown flag{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join('--' + u for u in unknown)}: not a beamvec flag of this command "
+                         f"(see --help) nor a Beam pipeline option")
+    return options
 
 
 def _print_counts(counts: dict[str, int]) -> None:
     for name in sorted(counts):
-        print(f"{name}: {counts[name]}")
+        print(f"{name}: {counts[name]:,}")
+    lines = []
+    if "items_indexed" in counts:  # build
+        lines.append(("items", "indexed", counts.get("items_read", 0), counts["items_indexed"],
+                      counts.get("items_rejected", 0)))
+    elif "items_read" in counts:  # related: one query per item
+        lines.append(("items", "answered", counts["items_read"], counts.get("queries_answered", 0),
+                      counts.get("items_rejected", 0) + counts.get("queries_rejected", 0)))
+    if "queries_read" in counts:  # query
+        lines.append(("queries", "answered", counts["queries_read"], counts.get("queries_answered", 0),
+                      counts.get("queries_rejected", 0)))
+    for kind, what, read, done, rejected in lines:
+        print(f"{kind}: read {read:,} = {what} {done:,} + rejected {rejected:,}"
+              + ("" if read == done + rejected else "  (these do not add up: please report it)"))
 
 
 def _build(args: argparse.Namespace, extra: list[str]) -> int:
-    from beamvec.pipelines import jobs
-
     from beamvec.index.manifest import Manifest
+    from beamvec.pipelines import jobs
+    from beamvec.transforms import BuildSettings
 
-    settings = jobs.BuildSettings(args.partitioner, args.min_partition_rows, args.max_partition_rows,
-                                  args.metric, args.sample_rows, args.seed, args.recall_target)
-    _print_counts(jobs.build(args.items, args.output, _beam_options(extra), args.workload, settings))
+    try:
+        settings = BuildSettings(args.partitioner, args.min_partition_rows, args.max_partition_rows, args.metric,
+                                 args.sample_rows, args.seed, args.recall_target, args.shard_spec).checked()
+    except ValueError as e:
+        raise SystemExit(f"beamvec build: {e}") from None
+    _print_counts(jobs.build(args.items, args.output, beam_options(extra), args.workload, settings))
     print(heldout_line(Manifest.read(args.output).heldout_recall, settings.recall_target))
     return 0
 
@@ -87,21 +132,30 @@ def heldout_line(recall: dict | None, target: float) -> str:
 def _query(args: argparse.Namespace, extra: list[str]) -> int:
     from beamvec.pipelines import jobs
 
-    _print_counts(jobs.query(args.index, args.queries, args.output, _beam_options(extra), args.k))
+    _print_counts(jobs.query(args.index, args.queries, args.output, beam_options(extra), args.k))
     return 0
 
 
 def _related(args: argparse.Namespace, extra: list[str]) -> int:
     from beamvec.pipelines import jobs
 
-    _print_counts(jobs.related(args.index, args.items, args.predicate_template, args.output, _beam_options(extra), args.k))
+    _print_counts(jobs.related(args.index, args.items, args.predicate_template, args.output, beam_options(extra),
+                               args.k))
     return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser, with every subcommand."""
     p = argparse.ArgumentParser(prog="beamvec", description="Batch-scale hybrid vector search on Apache Beam.")
     p.add_argument("--version", action="version", version=f"beamvec {metadata.version('beamvec')}")
+    p.add_argument("--verbose", action="store_true", help="show Beam's, ScaNN's and TensorFlow's own log lines")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     build = sub.add_parser("build", help="build an index from items Parquet (a Beam job; Beam options pass through)")
     build.add_argument("--items", required=True, help="items Parquet file or glob")
@@ -109,11 +163,16 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--workload", help="past queries: Parquet with a predicate column (and optionally a vector "
                        "column: then shards calibrate on them and recall on held-out ones is reported), "
                        "or text, one predicate per line")
-    build.add_argument("--partitioner", default="workload", help="workload | hash | attribute:COL | kmeans | single")
-    build.add_argument("--min-partition-rows", type=int, default=10_000)
-    build.add_argument("--max-partition-rows", type=int, default=100_000)
+    build.add_argument("--partitioner", default="workload",
+                       help="workload | hash | attribute:COL | kmeans | single (default workload; without "
+                       "--workload: hash)")
+    build.add_argument("--min-partition-rows", type=_positive, default=10_000)
+    build.add_argument("--max-partition-rows", type=_positive, default=100_000)
     build.add_argument("--metric", default="dot_product", choices=["dot_product", "cosine", "squared_l2"])
-    build.add_argument("--sample-rows", type=int, default=50_000)
+    build.add_argument("--sample-rows", type=_positive, default=50_000,
+                       help="items sampled to fit the partition plan")
+    build.add_argument("--shard-spec", help="every shard's ScaNN spec, e.g. Tree100,AH2,Reorder100, or Brute "
+                       "(default: by the shard's size)")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--recall-target", type=float, default=0.95,
                        help="recall@10 each shard calibrates its search for")
@@ -122,15 +181,25 @@ def parser() -> argparse.ArgumentParser:
     query.add_argument("--index", required=True)
     query.add_argument("--queries", required=True, help="queries Parquet: query_id, vector, predicate, k")
     query.add_argument("--output", required=True, help="directory for results-*.parquet and rejected-*.parquet")
-    query.add_argument("--k", type=int, default=10)
+    query.add_argument("--k", type=_positive, default=10, help="neighbours per query without a k of its own")
     query.set_defaults(run=_query)
     related = sub.add_parser("related", help="each item's k most similar items under a predicate template")
     related.add_argument("--index", required=True)
     related.add_argument("--items", required=True)
     related.add_argument("--predicate-template", required=True, help="e.g. \"category = {category} AND id != {id}\"")
     related.add_argument("--output", required=True)
-    related.add_argument("--k", type=int, default=10)
+    related.add_argument("--k", type=_positive, default=10)
     related.set_defaults(run=_related)
+    generate = sub.add_parser("generate", help="write generated items, queries and a workload log (Parquet) to try "
+                              "beamvec on")
+    generate.add_argument("--output", required=True, help="directory for items.parquet, queries.parquet, "
+                          "workload.parquet")
+    generate.add_argument("--generator", choices=["catalog", "tenants"], default="catalog")
+    generate.add_argument("--num-items", type=_positive, default=20_000)
+    generate.add_argument("--num-queries", type=_positive, default=1_000)
+    generate.add_argument("--dimension", type=_positive, default=32)
+    generate.add_argument("--seed", type=int, default=0)
+    generate.set_defaults(run=_generate)
     demo = sub.add_parser("demo", help="generate data, build an index, run hybrid queries, report recall and speed")
     demo.add_argument("--num-items", type=int, default=50_000)
     demo.add_argument("--num-queries", type=int, default=5_000)
@@ -167,10 +236,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args, extra = parser().parse_known_args(argv)
-    if extra and args.command not in ("build", "query", "related", "demo", "bench"):
-        parser().error(f"unrecognized arguments: {' '.join(extra)}")
+    quiet.configure(args.verbose)
+    if extra:
+        beam_options(extra)  # every flag is beamvec's or Beam's
     return args.run(args, extra)
 
 

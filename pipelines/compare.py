@@ -22,7 +22,7 @@ For each method's chosen setting the head-to-head also times the *repeated batch
 precomputed outside the clock), so both figures come from the same interleaved rounds.
 
 Items, queries and the workload log come from a generator (``catalog`` or
-``tenants``, :data:`beamvec.index.synthetic.GENERATORS`) or from an items file. The
+``tenants``, :data:`beamvec.pipelines.synthetic.GENERATORS`) or from an items file. The
 log is drawn independently of the queries and carries query vectors: every beamvec
 index calibrates on them, and reports its recall on the log's held-out part
 (``heldout_recall`` in its manifest).
@@ -44,7 +44,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from beamvec.index import Index, build_index, exact, synthetic
+from beamvec.index import Index, build_index, exact
+from beamvec.pipelines import synthetic
 from beamvec.index.columns import Columns
 from beamvec.index.masks import MaskCache
 from beamvec.index.plan import fit_plan
@@ -699,17 +700,9 @@ def _log_of(table: pa.Table) -> QueryLog:
 
 def generated(generator: str, num_items: int, dimension: int, num_queries: int,
               seed: int) -> tuple[pa.Table, pa.Table, QueryLog]:
-    """Items, queries and a workload log from ``synthetic.GENERATORS[generator]``.
-
-    The queries and the log are the two halves of one draw of 2 x ``num_queries`` queries of the
-    items' seed: independent draws from the same distribution. (A draw of another seed would
-    be a different world: its query vectors lie around other cluster centres, and for tenants
-    other tenants are the big ones.) The log carries its query vectors.
-    """
-    make = synthetic.GENERATORS[generator]
-    items = make.items(num_items, dimension, seed)
-    both = make.queries(2 * num_queries, dimension, seed, predicates=make.predicates(2 * num_queries, seed))
-    return items, both.slice(0, num_queries), _log_of(both.slice(num_queries))
+    """Items, queries and a workload log with vectors (:func:`beamvec.pipelines.synthetic.generate`)."""
+    items, queries, log = synthetic.generate(generator, num_items, dimension, num_queries, seed)
+    return items, queries, _log_of(log)
 
 
 def run(output: str, items_path: str | None = None, queries_path: str | None = None, workload_path: str | None = None,
@@ -722,7 +715,7 @@ def run(output: str, items_path: str | None = None, queries_path: str | None = N
     ``attribute`` (for the attribute partitioner) defaults to the generator's main column
     (catalog: category, tenants: tenant).
     """
-    from beamvec.pipelines.jobs import read_workload
+    from beamvec.index.querylog import read_workload
 
     unknown = set(methods) - set(METHODS)
     if unknown:

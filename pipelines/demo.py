@@ -21,7 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beamvec.index import Index, exact, synthetic
+from beamvec.index import Index, exact
+from beamvec.pipelines import synthetic
 from beamvec.index.columns import masks_of
 from beamvec.index.plan import plan_from_json, rows_scanned
 from beamvec.index.schema import validate_items

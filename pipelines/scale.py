@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from beamvec.index import synthetic
+from beamvec.pipelines import synthetic
 
 _FILES = 8
 

@@ -1,9 +1,39 @@
-"""Beam PTransforms over the beamvec core: read and validate, fit the plan, build shards, search.
+"""beamvec's Beam API: build an index and run batch hybrid queries inside your own pipeline.
+
+    import apache_beam as beam
+    from beamvec.transforms import BuildIndex, HybridSearch, ReadItems, ReadQueries, WriteTables
+
+    with beam.Pipeline() as p:
+        built = p | "Items" >> ReadItems("items-*.parquet") | BuildIndex("/tmp/index", workload="workload.parquet")
+        found = p | "Queries" >> ReadQueries("queries.parquet") | HybridSearch(built.index, k=10)
+        found.results | "Results" >> WriteTables("/tmp/out/results")
+        (built.rejected, found.rejected) | beam.Flatten() | "Rejected" >> WriteTables("/tmp/out/rejected")
+
+* :class:`ReadItems`, :class:`ReadQueries`: Parquet files (any Beam filesystem), or a PCollection of
+  dicts, ``beam.Row`` s, NamedTuples or Arrow tables, as Arrow blocks.
+* :class:`BuildIndex`: items -> an index directory (:class:`BuildResult`: ``index``, ``rejected``).
+* :class:`HybridSearch`: queries -> each one's k nearest items under its predicate
+  (:class:`SearchResult`: ``results``, ``rejected``); :class:`RelatedItems`: items -> their k
+  nearest items under a predicate template filled from their attributes.
+* :class:`WriteTables`: Arrow tables (results, dead letters) -> Parquet; :class:`AsNeighbors`:
+  results -> one :class:`Neighbors` record per query.
+
+Every stage sets aside what it cannot use as a dead letter (:data:`DEAD_LETTER_SCHEMA`: stage,
+source, row, id, reason) and counts it in the ``beamvec`` metrics namespace, so that
+``items_read`` = ``items_indexed`` + ``items_rejected`` and ``queries_read`` =
+``queries_answered`` + ``queries_rejected``.
 
 Importing this package routes the index's gs://, s3://, hdfs:// and azfs:// paths through
 Beam's FileSystems.
 """
 
 from beamvec.transforms import filesystem
+from beamvec.transforms.build import BuildIndex, BuildResult, BuildSettings
+from beamvec.transforms.io import Block, ReadItems, ReadQueries, WriteTables
+from beamvec.transforms.search import AsNeighbors, HybridSearch, Neighbors, RelatedItems, SearchResult
+from beamvec.transforms.validate import DEAD_LETTER_SCHEMA
 
 filesystem.register()
+
+__all__ = ["AsNeighbors", "Block", "BuildIndex", "BuildResult", "BuildSettings", "DEAD_LETTER_SCHEMA",
+           "HybridSearch", "Neighbors", "ReadItems", "ReadQueries", "RelatedItems", "SearchResult", "WriteTables"]

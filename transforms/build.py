@@ -14,9 +14,11 @@ the partials merge into the recall figure the manifest records.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from typing import Iterable, Sequence
+import logging
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -24,17 +26,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
+from beamvec.index import exact, querylog
 from beamvec.index.hashing import id_hashes
 from beamvec.index.index import id_type_name, write_shard
-from beamvec.index.manifest import partition_id
-from beamvec.index import querylog
-from beamvec.index.manifest import Manifest, PartitionEntry
-from beamvec.index.plan import PartitionPlan, fit_plan, plan_from_json
-from beamvec.index.querylog import QueryLog
+from beamvec.index.manifest import Manifest, PartitionEntry, partition_id
+from beamvec.index.plan import PartitionPlan, check_partitioner, fit_plan, plan_from_json
+from beamvec.index.querylog import QueryLog, read_workload
 from beamvec.index.schema import ID, VECTOR, Validated, validate_items, vectors_array
-from beamvec.index.shard import Shard
-from beamvec.transforms.io import Block
-from beamvec.transforms.validate import REJECTED, dead_letters
+from beamvec.index.shard import Shard, ShardConfig
+from beamvec.transforms.io import Block, ToBlocks, absolute
+from beamvec.transforms.progress import Progress
+from beamvec.transforms.validate import REJECTED, Validate, dead_letters
 
 _HASH = "__beamvec_hash"
 HELDOUT = "heldout"
@@ -91,41 +93,66 @@ class SampleRows(beam.PTransform):
         return items | beam.CombineGlobally(_BottomK(self.size))
 
 
-def _fit(sample: pa.Table | None, total_rows: int, spec: str, workload: Sequence[str | None],
-         min_rows: int, max_rows: int, seed: int, dimension: int | None) -> dict:
-    valid = validate_items(sample, dimension) if sample is not None else None
-    if valid is None or not valid.table.num_rows:
-        raise ValueError("no valid items to index: every item was rejected (see the dead letters)")
+@dataclasses.dataclass(frozen=True)
+class BuildSettings:
+    """How a build partitions and indexes: partitioner spec, partition sizes, metric, sample size,
+    seed, the recall target the shards calibrate for, and the shard spec (None: by size)."""
+
+    partitioner: str = "workload"
+    min_partition_rows: int = 10_000
+    max_partition_rows: int = 100_000
+    metric: str = "dot_product"
+    sample_rows: int = 50_000
+    seed: int = 0
+    recall_target: float = 0.95
+    shard_spec: str | None = None
+
+    def checked(self) -> "BuildSettings":
+        """These settings, or ValueError naming the one that cannot work."""
+        check_partitioner(self.partitioner)
+        exact.check_metric(self.metric)
+        if not 0 < self.min_partition_rows <= self.max_partition_rows:
+            raise ValueError(f"partition rows must satisfy 0 < min <= max, got {self.min_partition_rows} and "
+                             f"{self.max_partition_rows}")
+        if self.sample_rows < 1:
+            raise ValueError(f"sample_rows must be at least 1, got {self.sample_rows}")
+        if not 0 < self.recall_target <= 1:
+            raise ValueError(f"recall_target must be in (0, 1], got {self.recall_target}")
+        if self.shard_spec is not None:
+            ShardConfig.parse(self.shard_spec)
+        return self
+
+
+class Shape(NamedTuple):
+    """What a build learns of the items from their sample: the vectors' dimension, the id type and
+    the attribute schema (with id, without vector)."""
+
+    dimension: int
+    id_type: pa.DataType
+    attributes: pa.Schema
+
+
+def _shape(sample: pa.Table | None, dimension: int | None) -> Shape:
+    """The items' shape from their sample; without a given ``dimension``, the vectors' most common length."""
+    if sample is None or not sample.num_rows:
+        raise ValueError("no items to index: the input is empty")
+    if dimension is None:
+        lengths = pc.list_value_length(sample.column(VECTOR)).drop_null().to_numpy(zero_copy_only=False)
+        if not len(lengths):
+            raise ValueError("no items to index: every sampled item lacks a vector")
+        values, counts = np.unique(lengths, return_counts=True)
+        dimension = int(values[np.argmax(counts)])
+    schema = sample.schema.remove(sample.schema.get_field_index(VECTOR))
+    return Shape(dimension, schema.field(ID).type, schema)
+
+
+def _fit(sample: pa.Table, total_rows: int, shape: Shape, spec: str, workload: Sequence[str | None],
+         min_rows: int, max_rows: int, seed: int) -> dict:
+    valid = validate_items(sample, shape.dimension)
+    if not valid.table.num_rows:
+        raise ValueError("no valid items to index: every sampled item was rejected (see the dead letters)")
     return fit_plan(spec, valid.table.drop_columns([VECTOR]), valid.vectors, workload, min_rows, max_rows,
                     total_rows=total_rows, seed=seed).to_json()
-
-
-class FitPartitioner(beam.PTransform):
-    """Item blocks as read -> the partition plan as a singleton PCollection of its JSON dict.
-
-    Fits on a sample of the rows (their smallest id hashes; rows that fail
-    validation are left out of the fit). Give it its own read of the items: then
-    the full collection flows once, straight from the read into partition
-    assignment, instead of being held until the plan is ready.
-    ``spec``: workload, hash, attribute:COL, kmeans or single; ``workload``: past
-    query predicates (the workload partitioner needs them).
-    """
-
-    def __init__(self, spec: str, workload: Sequence[str | None] = (), min_rows: int = 10_000,
-                 max_rows: int = 100_000, sample_rows: int = 50_000, seed: int = 0, dimension: int | None = None):
-        super().__init__()
-        self.spec, self.workload = spec, list(workload)
-        self.min_rows, self.max_rows, self.sample_rows, self.seed = min_rows, max_rows, sample_rows, seed
-        self.dimension = dimension
-
-    def expand(self, blocks):
-        total = blocks | "Count" >> beam.Map(lambda b: b.table.num_rows) | "Total" >> beam.CombineGlobally(sum)
-        return (
-            blocks
-            | "Sample" >> SampleRows(self.sample_rows)
-            | "Fit" >> beam.Map(_fit, beam.pvalue.AsSingleton(total), self.spec, self.workload,
-                                self.min_rows, self.max_rows, self.seed, self.dimension)
-        )
 
 
 _PLANS: dict[str, PartitionPlan] = {}
@@ -159,29 +186,29 @@ class AssignPartitions(beam.PTransform):
 
 
 class _BuildShard(beam.DoFn):
-    def __init__(self, index_path: str, metric: str, config: str | None, recall_target: float, seed: int,
-                 calibration: QueryLog | None = None, heldout: QueryLog | None = None):
+    def __init__(self, index_path: str, metric: str, config: str | None, recall_target: float, seed: int):
         self.index_path, self.metric, self.config = index_path, metric, config
         self.recall_target, self.seed = recall_target, seed
-        self.calibration, self.heldout = calibration, heldout
         self.indexed = Metrics.counter("beamvec", "items_indexed")
         self.rejected = Metrics.counter("beamvec", "items_rejected")
         self.shards = Metrics.counter("beamvec", "shards_built")
 
     def setup(self):
         self._routes: dict[str, list[np.ndarray]] = {}
+        self.progress = Progress("shards built")
 
-    def _calibration_queries(self, plan_json: dict, ordinal: int) -> np.ndarray | None:
+    def _calibration_queries(self, plan_json: dict, calibration: QueryLog | None, ordinal: int) -> np.ndarray | None:
         """The calibration log's vectors the plan routes to partition ``ordinal`` (routed once per worker)."""
-        if self.calibration is None:
+        if calibration is None:
             return None
         key = hashlib.sha256(json.dumps(plan_json, sort_keys=True).encode()).hexdigest()
         if key not in self._routes:
-            self._routes = {key: querylog.route(cached_plan(plan_json), self.calibration)}
-        return self.calibration.vectors[self._routes[key][ordinal]]
+            self._routes = {key: querylog.route(cached_plan(plan_json), calibration)}
+        return calibration.vectors[self._routes[key][ordinal]]
 
-    def process(self, element, plan_json: dict):
+    def process(self, element, plan_json: dict, parts: tuple):
         ordinal, tables = element
+        calibration, heldout = parts
         table = pa.concat_tables(list(tables), promote_options="permissive")
         # Rows arrive in any order: sort by id so every runner keeps the same copy of a repeated
         # id (Shard.build then lays the rows out by the plan's row order).
@@ -189,20 +216,22 @@ class _BuildShard(beam.DoFn):
         validated = validate_items(table)  # catches an id repeated across input blocks
         if validated.rejections:
             self.rejected.inc(len(validated.rejections))
-            yield beam.pvalue.TaggedOutput(REJECTED, dead_letters(validated, f"partition {partition_id(ordinal)}"))
+            yield beam.pvalue.TaggedOutput(REJECTED, dead_letters(validated, "build shard", partition_id(ordinal)))
         if not validated.table.num_rows:
             return
         plan = cached_plan(plan_json)
         shard = Shard.build(validated.table.column("id").combine_chunks(), validated.vectors,
                             validated.table.drop_columns([VECTOR]), metric=self.metric, config=self.config,
                             recall_target=self.recall_target, seed=self.seed, row_order=plan.row_order,
-                            calibration_queries=self._calibration_queries(plan_json, ordinal))
+                            calibration_queries=self._calibration_queries(plan_json, calibration, ordinal))
         description = plan.descriptions()[ordinal]
         entry = write_shard(self.index_path, partition_id(ordinal), shard, description)
         self.indexed.inc(shard.num_rows)
         self.shards.inc()
-        if self.heldout is not None and len(self.heldout):
-            yield beam.pvalue.TaggedOutput(HELDOUT, querylog.heldout_partial(shard, ordinal, plan, self.heldout))
+        self.progress.add(1, f"{partition_id(ordinal)}: {shard.num_rows:,} rows, {shard.config.spec()}; "
+                             f"the plan has {plan.num_partitions} partitions")
+        if heldout is not None and len(heldout):
+            yield beam.pvalue.TaggedOutput(HELDOUT, querylog.heldout_partial(shard, ordinal, plan, heldout))
         yield entry
 
 
@@ -211,66 +240,110 @@ class BuildShards(beam.PTransform):
     emits manifest entries, (output ``rejected``) rows whose id repeats within a partition,
     and (output ``heldout``) each shard's share of the held-out measurement.
 
-    ``calibration``, ``heldout``: the parts of a workload log with vectors that a build
-    uses (see :func:`beamvec.index.querylog.build_parts`), or None.
+    ``plan``: the plan JSON, a singleton; ``parts``: a singleton (calibration queries, held-out
+    queries) of the workload log (:func:`beamvec.index.querylog.build_parts`; (None, None) without
+    log vectors).
     """
 
-    def __init__(self, index_path: str, plan, metric: str = "dot_product", config: str | None = None,
-                 recall_target: float = 0.95, seed: int = 0, calibration: QueryLog | None = None,
-                 heldout: QueryLog | None = None):
+    def __init__(self, index_path: str, plan, parts, metric: str = "dot_product", config: str | None = None,
+                 recall_target: float = 0.95, seed: int = 0):
         super().__init__()
-        self.index_path, self.plan, self.metric, self.config = index_path, plan, metric, config
+        self.index_path, self.plan, self.parts, self.metric, self.config = index_path, plan, parts, metric, config
         self.recall_target, self.seed = recall_target, seed
-        self.calibration, self.heldout = calibration, heldout
 
     def expand(self, keyed_rows):
         return (
             keyed_rows
             | "Group" >> beam.GroupByKey()
-            | "Build" >> beam.ParDo(_BuildShard(self.index_path, self.metric, self.config, self.recall_target, self.seed,
-                                                self.calibration, self.heldout),
-                                    beam.pvalue.AsSingleton(self.plan)).with_outputs(REJECTED, HELDOUT, main="entries")
+            | "Build" >> beam.ParDo(_BuildShard(self.index_path, self.metric, self.config, self.recall_target, self.seed),
+                                    beam.pvalue.AsSingleton(self.plan), beam.pvalue.AsSingleton(self.parts)
+                                    ).with_outputs(REJECTED, HELDOUT, main="entries")
         )
 
 
-class HeldoutRecall(beam.PTransform):
-    """Every shard's held-out partial -> the manifest's ``heldout_recall`` (a singleton; None without held-out queries)."""
-
-    def __init__(self, queries: int, k: int = querylog.HELDOUT_K, target: float | None = None):
-        super().__init__()
-        self.queries, self.k, self.target = queries, k, target
-
-    def expand(self, partials):
-        return (
-            partials
-            | "All" >> beam.combiners.ToList()
-            | "Summarize" >> beam.Map(querylog.summarize_partials, self.queries, self.k, self.target)
-        )
+def _summarize(partials: list, parts: tuple, target: float | None) -> dict | None:
+    heldout = parts[1]
+    return querylog.summarize_partials(partials, len(heldout) if heldout is not None else 0, querylog.HELDOUT_K, target)
 
 
-def _write_manifest(entries: list[PartitionEntry], plan_json: dict, index_path: str, metric: str,
-                    dimension: int, id_type: str, heldout_recall: dict | None = None) -> str:
-    manifest = Manifest(metric, dimension, id_type, tuple(sorted(entries, key=lambda e: e.id)), plan_json,
-                        heldout_recall)
+def _write_manifest(entries: list[PartitionEntry], plan_json: dict, shape: Shape, heldout_recall: dict | None,
+                    index_path: str, metric: str) -> str:
+    manifest = Manifest(metric, shape.dimension, id_type_name(pa.array([], shape.id_type)),
+                        tuple(sorted(entries, key=lambda e: e.id)), plan_json, heldout_recall)
     manifest.write(index_path)
     return index_path
 
 
-class WriteManifest(beam.PTransform):
-    """All manifest entries + plan (+ held-out recall, optional singleton) -> manifest.json,
-    written once every shard is in place."""
+class BuildResult(NamedTuple):
+    """What :class:`BuildIndex` emits: ``index``, a singleton of the index's path once its manifest
+    is written (give it to :class:`HybridSearch` to query in the same pipeline); ``rejected``,
+    dead-letter tables (:data:`DEAD_LETTER_SCHEMA`) of the items left out, with the reason."""
 
-    def __init__(self, index_path: str, plan, metric: str, dimension: int, id_type: pa.DataType, heldout_recall=None):
+    index: beam.PCollection
+    rejected: beam.PCollection
+
+
+class BuildIndex(beam.PTransform):
+    """Items -> an index written under ``output``: a :class:`BuildResult`.
+
+    Consumes items as :class:`ReadItems` gives them (or anything it reads: dicts, ``beam.Row`` s,
+    Arrow tables) with ``id``, ``vector`` and attribute columns. Analyze, then apply: a sample of the
+    items (smallest id hashes, the same on every runner) gives the vectors' dimension and the
+    partition plan (``partitioner``: workload, hash, attribute:COL, kmeans or single); every item is
+    validated, assigned to its partition and each partition built into one ScaNN shard (``shard_spec``,
+    e.g. ``Tree100,AH2,Reorder100``, default by size), calibrated for ``recall_target``; the manifest
+    is written last. Rows that cannot be indexed (bad vector, missing or repeated id) are dead letters,
+    and the metrics reconcile: ``items_read`` = ``items_indexed`` + ``items_rejected``.
+
+    ``workload``: past queries, a :class:`beamvec.index.querylog.QueryLog`, their predicate texts, or
+    a path (Parquet with ``predicate`` and optionally ``vector``, or text). With vectors, shards
+    calibrate on them and the manifest records the recall measured on a held-out part. The workload
+    partitioner needs a workload; without one the build falls back to ``hash`` and says so.
+
+    Example::
+
+        with beam.Pipeline() as p:
+            built = p | ReadItems("items-*.parquet") | BuildIndex("/tmp/index", workload="workload.parquet")
+            found = p | ReadQueries("queries.parquet") | HybridSearch(built.index, k=10)
+    """
+
+    def __init__(self, output: str, *, workload: QueryLog | Sequence[str | None] | str | None = None,
+                 partitioner: str = "workload", metric: str = "dot_product", shard_spec: str | None = None,
+                 recall_target: float = 0.95, min_partition_rows: int = 10_000, max_partition_rows: int = 100_000,
+                 sample_rows: int = 50_000, dimension: int | None = None, seed: int = 0,
+                 log: Callable[[str], None] = logging.getLogger(__name__).info):
         super().__init__()
-        self.index_path, self.plan, self.metric, self.dimension = index_path, plan, metric, dimension
-        self.id_type = id_type_name(pa.array([], id_type))
-        self.heldout_recall = heldout_recall
+        self.settings = BuildSettings(partitioner, min_partition_rows, max_partition_rows, metric, sample_rows, seed,
+                                      recall_target, shard_spec).checked()
+        self.output, self.dimension = absolute(output), dimension
+        self.workload = workload if isinstance(workload, QueryLog) else read_workload(workload, dimension) \
+            if isinstance(workload, str) else QueryLog(list(workload or []))
+        if self.settings.partitioner == "workload" and not any(self.workload.predicates):
+            log("no workload log with predicates: partitioning by hash of id (the workload partitioner fits "
+                "its cuts on past queries; give a workload to use it)")
+            self.settings = dataclasses.replace(self.settings, partitioner="hash")
 
-    def expand(self, entries):
-        recall = () if self.heldout_recall is None else (beam.pvalue.AsSingleton(self.heldout_recall),)
-        return (
-            entries
-            | "All" >> beam.combiners.ToList()
-            | "Write" >> beam.Map(_write_manifest, beam.pvalue.AsSingleton(self.plan), self.index_path,
-                                  self.metric, self.dimension, self.id_type, *recall)
-        )
+    def expand(self, items):
+        s, log = self.settings, self.workload
+        blocks = items | "AsBlocks" >> ToBlocks()
+        sample = blocks | "Sample" >> SampleRows(s.sample_rows)
+        shape = sample | "Shape" >> beam.Map(_shape, self.dimension)
+        total = blocks | "Count" >> beam.Map(lambda b: b.table.num_rows) | "Total" >> beam.CombineGlobally(sum)
+        plan = sample | "Fit" >> beam.Map(_fit, beam.pvalue.AsSingleton(total), beam.pvalue.AsSingleton(shape),
+                                          s.partitioner, log.predicates, s.min_partition_rows, s.max_partition_rows,
+                                          s.seed)
+        parts = shape | "LogParts" >> beam.Map(lambda sh, log: querylog.build_parts(log, sh.attributes, sh.dimension),
+                                               log)
+        checked = blocks | "Validate" >> Validate("items", beam.pvalue.AsSingleton(
+            shape | "Dimension" >> beam.Map(lambda sh: sh.dimension)))
+        built = (checked.valid | "Assign" >> AssignPartitions(plan)
+                 | "BuildShards" >> BuildShards(self.output, plan, parts, s.metric, s.shard_spec, s.recall_target,
+                                                s.seed))
+        recall = (built.heldout | "Partials" >> beam.combiners.ToList()
+                  | "HeldoutRecall" >> beam.Map(_summarize, beam.pvalue.AsSingleton(parts), s.recall_target))
+        index = (built.entries | "Entries" >> beam.combiners.ToList()
+                 | "WriteManifest" >> beam.Map(_write_manifest, beam.pvalue.AsSingleton(plan),
+                                               beam.pvalue.AsSingleton(shape), beam.pvalue.AsSingleton(recall),
+                                               self.output, s.metric))
+        rejected = (checked[REJECTED], built[REJECTED]) | "Rejected" >> beam.Flatten()
+        return BuildResult(index, rejected)

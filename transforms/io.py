@@ -7,6 +7,9 @@ their Beam extras are installed.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
+import uuid
 from typing import Iterator
 
 import apache_beam as beam
@@ -14,16 +17,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.parquetio import WriteToParquetBatched
 
 from beamvec.index.schema import vector_dimension
 
 DEFAULT_BATCH_ROWS = 8192
 
 
+def absolute(path: str) -> str:
+    """A local path made absolute against the current directory (when the pipeline is built, since
+    workers may run elsewhere); other filesystems' paths (``scheme://``) unchanged."""
+    return path if "://" in path else os.path.abspath(path)
+
+
 @dataclasses.dataclass(frozen=True)
 class Block:
-    """Rows of one input file: its path, the position of the first row in it, and the rows."""
+    """Rows of one input: its source (a file, or ``pcollection:...`` for elements), the position of
+    the first row in it, and the rows."""
 
     source: str
     offset: int
@@ -35,7 +44,7 @@ class ReadTables(beam.PTransform):
 
     def __init__(self, pattern: str, batch_rows: int = DEFAULT_BATCH_ROWS):
         super().__init__()
-        self.pattern = pattern
+        self.pattern = absolute(pattern)
         self.batch_rows = batch_rows
 
     def expand(self, pbegin):
@@ -57,21 +66,130 @@ def _read_blocks(readable: fileio.ReadableFile, batch_rows: int) -> Iterator[Blo
             offset += batch.num_rows
 
 
-class WriteTables(beam.PTransform):
-    """Writes Arrow tables of one ``schema`` as Parquet files under ``path_prefix``."""
+def _as_dict(element) -> dict:
+    if isinstance(element, dict):
+        return element
+    if isinstance(element, beam.Row):
+        return element.as_dict()
+    if hasattr(element, "_asdict"):  # NamedTuple
+        return element._asdict()
+    raise TypeError(f"cannot read a {type(element).__name__} as a row: give dicts, beam.Row, NamedTuples, "
+                    "pyarrow RecordBatches or Tables")
 
-    def __init__(self, path_prefix: str, schema: pa.Schema):
+
+def _element_blocks(elements: list) -> Iterator[Block]:
+    """Elements as blocks: each Table or RecordBatch its own, consecutive rows (dicts, Rows) one table.
+
+    A block of elements is named by its content (and a nonce, so equal blocks stay apart): the
+    same elements sort the same way on every runner."""
+    rows: list[dict] = []
+
+    def block(table: pa.Table) -> Block:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        digest = hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()[:24]
+        return Block(f"pcollection:{digest}:{uuid.uuid4().hex}", 0, table)
+
+    for element in elements:
+        if isinstance(element, Block):
+            yield element
+        elif isinstance(element, (pa.Table, pa.RecordBatch)):
+            if element.num_rows:
+                yield block(element if isinstance(element, pa.Table) else pa.Table.from_batches([element]))
+        else:
+            rows.append(_as_dict(element))
+    if rows:
+        yield block(pa.Table.from_pylist(rows))
+
+
+class ToBlocks(beam.PTransform):
+    """Any of: :class:`Block` s, pyarrow Tables or RecordBatches, dicts, ``beam.Row`` s or NamedTuples
+    -> :class:`Block` s (rows batched, at most ``batch_rows`` a block). Blocks pass through."""
+
+    def __init__(self, batch_rows: int = DEFAULT_BATCH_ROWS):
         super().__init__()
-        self.path_prefix = path_prefix
+        self.batch_rows = batch_rows
+
+    def expand(self, elements):
+        return (
+            elements
+            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_rows)
+            | "Blocks" >> beam.FlatMap(_element_blocks)
+        )
+
+
+class _Read(beam.PTransform):
+    _columns: tuple[str, ...] = ()
+
+    def __init__(self, pattern: str | None = None, batch_rows: int = DEFAULT_BATCH_ROWS):
+        super().__init__()
+        self.pattern, self.batch_rows = (None if pattern is None else absolute(pattern)), batch_rows
+        if pattern is not None:  # fail at construction, naming what is missing
+            schema = read_schema(self.pattern)
+            missing = [c for c in self._columns if c not in schema.names]
+            if missing:
+                raise ValueError(f"{pattern}: no column {', '.join(missing)}; columns are {', '.join(schema.names)}")
+
+    def expand(self, pvalue):
+        if isinstance(pvalue, beam.pvalue.PBegin):
+            if self.pattern is None:
+                raise ValueError(f"{type(self).__name__}() at the start of a pipeline needs a file pattern")
+            return pvalue | "Parquet" >> ReadTables(self.pattern, self.batch_rows)
+        if self.pattern is not None:
+            raise ValueError(f"{type(self).__name__}({self.pattern!r}) reads files: apply it to the pipeline, "
+                             f"or give no pattern to read a PCollection")
+        return pvalue | "Rows" >> ToBlocks(self.batch_rows)
+
+
+class ReadItems(_Read):
+    """Items -> :class:`Block` s (Arrow tables of at most ``batch_rows`` rows), for :class:`BuildIndex`.
+
+    ``p | ReadItems("gs://bucket/items-*.parquet")`` reads Parquet (any Beam filesystem);
+    ``rows | ReadItems()`` takes what a pipeline already has: dicts, ``beam.Row`` s or NamedTuples
+    (``id``, ``vector``, attribute columns), or pyarrow RecordBatches or Tables.
+    Rows are checked later, by the transform that uses them (bad rows become dead letters).
+    """
+
+    _columns = ("id", "vector")
+
+
+class ReadQueries(_Read):
+    """Queries -> :class:`Block` s, for :class:`HybridSearch`: as :class:`ReadItems`, with the
+    columns ``query_id``, ``vector``, and optionally ``predicate`` and ``k``."""
+
+    _columns = ("query_id", "vector")
+
+
+class WriteTables(beam.PTransform):
+    """Arrow tables -> Parquet files ``{path_prefix}-{digest}.parquet``, one per non-empty table, named
+    by its content (so a retried write rewrites the same file); emits the paths written. With
+    ``schema``, every table is conformed to it (columns selected and cast) first.
+
+    Write a :class:`SearchResult` 's ``results`` and any stage's ``rejected`` dead letters with it.
+    """
+
+    def __init__(self, path_prefix: str, schema: pa.Schema | None = None):
+        super().__init__()
+        self.path_prefix = absolute(path_prefix)
         self.schema = schema
 
     def expand(self, tables):
-        schema = self.schema
-        return (
-            tables
-            | "Conform" >> beam.Map(lambda t: t.select(schema.names).cast(schema))
-            | "Write" >> WriteToParquetBatched(self.path_prefix, schema, file_name_suffix=".parquet")
-        )
+        return tables | "Write" >> beam.FlatMap(_write_table, self.path_prefix, self.schema)
+
+
+def _write_table(table: pa.Table, path_prefix: str, schema: pa.Schema | None) -> Iterator[str]:
+    if not table.num_rows:
+        return
+    if schema is not None:
+        table = table.select(schema.names).cast(schema)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    data = sink.getvalue().to_pybytes()
+    path = f"{path_prefix}-{hashlib.sha256(data).hexdigest()[:20]}.parquet"
+    with FileSystems.create(path) as f:
+        f.write(data)
+    yield path
 
 
 def read_schema(pattern: str) -> pa.Schema:

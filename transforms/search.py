@@ -21,7 +21,7 @@ import collections
 import dataclasses
 import string
 import threading
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -33,14 +33,17 @@ from beamvec.index.columns import Columns
 from beamvec.index.manifest import Manifest
 from beamvec.index.plan import plan_from_json
 from beamvec.index.schema import (
-    K, PREDICATE, QUERY_ID, VECTOR, Rejection, Validated, results_table, validate_queries, vectors_array,
+    ID, K, NEIGHBORS, PREDICATE, QUERY_ID, SCORE, VECTOR, Rejection, Validated, results_table, validate_queries,
+    vectors_array,
 )
 from beamvec.index.search import (
     ROW_SPACE, Partial, Router, check_predicates, group_queries, load_shard, merge_partial, read_rows, search_shard,
 )
 from beamvec.index.shard import Shard
 from beamvec.index.zones import ZoneMaps
-from beamvec.transforms.validate import REJECTED, dead_letters
+from beamvec.transforms.io import ToBlocks, absolute
+from beamvec.transforms.progress import Progress
+from beamvec.transforms.validate import REJECTED, Validate, dead_letters
 
 DEFAULT_MAX_SHARDS = 8
 
@@ -81,6 +84,18 @@ _SHARDS: collections.OrderedDict = collections.OrderedDict()
 _LOCK = threading.Lock()
 
 
+class _WithIndex(beam.DoFn):
+    """A DoFn given the index's path as a side input; reads its manifest once per instance."""
+
+    def setup(self):
+        self._manifests: dict[str, Manifest] = {}
+
+    def manifest(self, index_path: str) -> Manifest:
+        if index_path not in self._manifests:
+            self._manifests[index_path] = Manifest.read(index_path)
+        return self._manifests[index_path]
+
+
 def _manifest_key(index_path: str, manifest: Manifest) -> tuple:
     return index_path, tuple(p.checksum for p in manifest.partitions)
 
@@ -115,17 +130,14 @@ def shard_of(index_path: str, manifest: Manifest, ordinal: int, max_shards: int)
     return shard
 
 
-class _Route(beam.DoFn):
-    def __init__(self, index_path: str, k: int):
-        self.index_path, self.k = index_path, k
-
-    def setup(self):
-        self.manifest = Manifest.read(self.index_path)
+class _Route(_WithIndex):
+    def __init__(self, k: int):
+        self.k = k
         self.routed = Metrics.counter("beamvec", "partitions_searched")
         self.rejected = Metrics.counter("beamvec", "queries_rejected")
 
-    def process(self, validated: Validated):
-        router, schema = router_of(self.index_path, self.manifest)
+    def process(self, validated: Validated, index_path: str):
+        router, schema = router_of(index_path, self.manifest(index_path))
         n = validated.table.num_rows
         predicates = validated.table.column(PREDICATE).to_pylist() if PREDICATE in validated.table.column_names \
             else [None] * n
@@ -139,7 +151,7 @@ class _Route(beam.DoFn):
                                          f"predicate does not fit the index: {bad[queries.group_of[i]]}")
                                for i in np.flatnonzero(failing))
             yield beam.pvalue.TaggedOutput(REJECTED, dead_letters(dataclasses.replace(validated, rejections=rejections),
-                                                                  "queries"))
+                                                                  "route queries"))
             keep = np.flatnonzero(~failing)
             if not len(keep):
                 return
@@ -156,24 +168,22 @@ class _Route(beam.DoFn):
                                       [distinct[g] for g in queries.group_of[members]], ks[members])
 
 
-class _Search(beam.DoFn):
+class _Search(_WithIndex):
     """All the queries routed to one shard, searched together as :meth:`Index.search` searches it."""
 
-    def __init__(self, index_path: str, max_shards: int):
-        self.index_path, self.max_shards = index_path, max_shards
+    def __init__(self, max_shards: int):
+        self.max_shards = max_shards
 
-    def setup(self):
-        self.manifest = Manifest.read(self.index_path)
-
-    def process(self, element) -> Iterable[tuple[tuple[str, int], BlockPartial]]:
+    def process(self, element, index_path: str) -> Iterable[tuple[tuple[str, int], BlockPartial]]:
         ordinal, blocks = element
+        manifest = self.manifest(index_path)
         blocks = sorted(blocks, key=lambda b: b.block)
-        shard = shard_of(self.index_path, self.manifest, ordinal, self.max_shards)
+        shard = shard_of(index_path, manifest, ordinal, self.max_shards)
         vectors = np.concatenate([b.vectors for b in blocks])
         queries = group_queries([p for b in blocks for p in b.predicates])
         k = int(max(int(b.ks.max()) for b in blocks))
         partial, _ = search_shard(shard, ordinal, queries, np.arange(len(vectors)),
-                                  exact.prepare(vectors, self.manifest.metric), k)
+                                  exact.prepare(vectors, manifest.metric), k)
         rows = np.where(partial.handles >= 0, partial.handles % ROW_SPACE, -1)
         ids = np.asarray(shard.ids_of(rows).to_pylist(), object).reshape(rows.shape)
         start = 0
@@ -184,18 +194,18 @@ class _Search(beam.DoFn):
             start = stop
 
 
-class _Merge(beam.DoFn):
-    def __init__(self, index_path: str, k: int):
-        self.index_path, self.k = index_path, k
+class _Merge(_WithIndex):
+    def __init__(self, k: int):
+        self.k = k
         self.answered = Metrics.counter("beamvec", "queries_answered")
 
     def setup(self):
-        manifest = Manifest.read(self.index_path)
-        self.metric = manifest.metric
-        self.id_type = pa.int64() if manifest.id_type == "int64" else pa.string()
+        super().setup()
+        self.progress = Progress("queries answered")
 
-    def process(self, element):
+    def process(self, element, index_path: str):
         _, values = element
+        manifest = self.manifest(index_path)
         validated = next(v for v in values if isinstance(v, Validated))
         partials = sorted((v for v in values if isinstance(v, BlockPartial)), key=lambda p: p.partial.ordinal)
         n = validated.table.num_rows
@@ -212,39 +222,114 @@ class _Merge(beam.DoFn):
             found = handles >= 0
             ids[found] = names[order[np.searchsorted(known[order], handles[found])]]
         self.answered.inc(n)
-        yield results_table(validated.table.column(QUERY_ID), pa.array(ids.reshape(-1).tolist(), self.id_type),
-                            exact.finish(keys, self.metric), np.minimum((handles >= 0).sum(axis=1), ks))
+        self.progress.add(n)
+        id_type = pa.int64() if manifest.id_type == "int64" else pa.string()
+        yield results_table(validated.table.column(QUERY_ID), pa.array(ids.reshape(-1).tolist(), id_type),
+                            exact.finish(keys, manifest.metric), np.minimum((handles >= 0).sum(axis=1), ks))
 
 
-class HybridSearch(beam.PTransform):
-    """Validated query blocks -> ``{"results": results tables, "rejected": dead-letter tables}``.
+class SearchResult(NamedTuple):
+    """What :class:`HybridSearch` and :class:`RelatedItems` emit: ``results``, Arrow tables of
+    (query_id, neighbors: list of (id, score), best first), one per block of queries (write them
+    with :class:`WriteTables`, or turn them into one :class:`Neighbors` record per query with
+    :class:`AsNeighbors`); ``rejected``, dead-letter tables of the queries left unanswered, with
+    the reason. Metrics reconcile: ``queries_read`` = ``queries_answered`` + ``queries_rejected``."""
 
-    Results hold (query_id, neighbors best first), one table per block; ``k`` is the
-    default where a query has no ``k`` of its own. Every query gets a result row (no
-    neighbors when nothing matches its predicate) or, when its predicate names an
-    unknown column or mismatches a type, a dead letter. The neighbours and scores are
-    those :meth:`Index.search` gives for the same queries in (file, row) order.
-    """
+    results: beam.PCollection
+    rejected: beam.PCollection
 
-    def __init__(self, index_path: str, k: int = 10, max_shards: int = DEFAULT_MAX_SHARDS):
+
+class Neighbors(NamedTuple):
+    """One query's answer: its id and its neighbours' ids and scores, best first."""
+
+    query_id: object
+    ids: list
+    scores: list
+
+
+def _neighbors(table: pa.Table) -> Iterable[Neighbors]:
+    for row in table.to_pylist():
+        found = row[NEIGHBORS]
+        yield Neighbors(row[QUERY_ID], [n[ID] for n in found], [n[SCORE] for n in found])
+
+
+class AsNeighbors(beam.PTransform):
+    """Results tables (:class:`SearchResult` ``.results``) -> one :class:`Neighbors` per query."""
+
+    def expand(self, results):
+        return results | beam.FlatMap(_neighbors)
+
+
+def as_index(pipeline: beam.Pipeline, index, label: str) -> beam.PCollection:
+    """An index given as a path or as :class:`BuildIndex`'s ``index`` output, as a singleton PCollection."""
+    if isinstance(index, str):
+        return pipeline | label >> beam.Create([absolute(index)])
+    if isinstance(index, beam.PCollection):
+        return index
+    raise TypeError(f"index must be a path or the index output of BuildIndex, got {type(index).__name__}")
+
+
+class _SearchValidated(beam.PTransform):
+    """Validated query blocks -> :class:`SearchResult` (the stages of :class:`HybridSearch` after validation)."""
+
+    def __init__(self, index: beam.PCollection, k: int, max_shards: int):
         super().__init__()
-        self.index_path, self.k, self.max_shards = index_path, k, max_shards
+        self.index, self.k, self.max_shards = index, k, max_shards
 
     def expand(self, queries):
-        routed = queries | "Route" >> beam.ParDo(_Route(self.index_path, self.k)).with_outputs(
-            "blocks", REJECTED, main="routed")
+        path = beam.pvalue.AsSingleton(self.index)
+        routed = queries | "Route" >> beam.ParDo(_Route(self.k), path).with_outputs("blocks", REJECTED, main="routed")
         partials = (
             routed.routed
             | "ByShard" >> beam.GroupByKey()
-            | "Search" >> beam.ParDo(_Search(self.index_path, self.max_shards))
+            | "Search" >> beam.ParDo(_Search(self.max_shards), path)
         )
         results = (
             (routed.blocks, partials)
             | "Join" >> beam.Flatten()
             | "ByBlock" >> beam.GroupByKey()
-            | "Merge" >> beam.ParDo(_Merge(self.index_path, self.k))
+            | "Merge" >> beam.ParDo(_Merge(self.k), path)
         )
-        return {"results": results, REJECTED: routed[REJECTED]}
+        return SearchResult(results, routed[REJECTED])
+
+
+def _dimension(index_path: str) -> int:
+    return Manifest.read(index_path).dimension
+
+
+class HybridSearch(beam.PTransform):
+    """Queries -> :class:`SearchResult`: each query's ``k`` nearest items that satisfy its predicate.
+
+    Consumes queries as :class:`ReadQueries` gives them (or anything it reads: dicts, ``beam.Row`` s,
+    Arrow tables) with ``query_id``, ``vector``, and optionally ``predicate`` (None: no filter) and
+    ``k`` (default ``k``). ``index`` is an index's path, or :class:`BuildIndex`'s ``index`` output to
+    query in the pipeline that builds it. Every query gets a result row (no neighbours when nothing
+    matches its predicate) or a dead letter with the reason (bad vector, a predicate that does not
+    parse or does not fit the index's columns). The neighbours and scores are those
+    :meth:`Index.search` gives for the same queries; shards load once per worker (at most
+    ``max_shards`` kept) and are checked against the manifest first.
+
+    Example::
+
+        with beam.Pipeline() as p:
+            found = p | ReadQueries("queries.parquet") | HybridSearch("/tmp/index", k=10)
+            found.results | "Results" >> WriteTables("/tmp/out/results")
+            found.rejected | "Rejected" >> WriteTables("/tmp/out/rejected")
+    """
+
+    def __init__(self, index, k: int = 10, max_shards: int = DEFAULT_MAX_SHARDS):
+        super().__init__()
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        self.index, self.k, self.max_shards = index, k, max_shards
+
+    def expand(self, queries):
+        index = as_index(queries.pipeline, self.index, "Index")
+        blocks = queries | "AsBlocks" >> ToBlocks()
+        dimension = index | "Dimension" >> beam.Map(_dimension)
+        checked = blocks | "Validate" >> Validate("queries", beam.pvalue.AsSingleton(dimension))
+        found = checked.valid | "Search" >> _SearchValidated(index, self.k, self.max_shards)
+        return SearchResult(found.results, (checked[REJECTED], found.rejected) | "Rejected" >> beam.Flatten())
 
 
 class _Literals(dict):
@@ -288,25 +373,41 @@ def _as_queries(validated: Validated, template: str, k: int):
     checked = validate_queries(queries, validated.vectors.shape[1])
     rejections = tuple(dataclasses.replace(r, row=int(validated.rows[r.row])) for r in checked.rejections)
     if rejections:
+        Metrics.counter("beamvec", "queries_rejected").inc(len(rejections))
         yield beam.pvalue.TaggedOutput(REJECTED, dead_letters(dataclasses.replace(checked, rejections=rejections),
-                                                              "related items"))
+                                                              "related items template", validated.source))
     if checked.table.num_rows:
         yield dataclasses.replace(checked, rows=validated.rows[checked.rows], rejections=(), source=validated.source)
 
 
 class RelatedItems(beam.PTransform):
-    """Validated item blocks -> ``{"results", "rejected"}`` as :class:`HybridSearch`: each item's
-    top-k related items under a predicate template filled from its own attributes
-    (e.g. ``category = {category} AND id != {id}``)."""
+    """Items -> :class:`SearchResult`: each item's ``k`` most similar items under a predicate
+    ``template`` filled from the item's own attributes (``{column}`` is replaced by the item's value
+    as a literal), for offline related-item generation.
 
-    def __init__(self, index_path: str, template: str, k: int = 10, max_shards: int = DEFAULT_MAX_SHARDS):
+    Consumes items as :class:`ReadItems` gives them; ``index`` as for :class:`HybridSearch`. Results
+    are keyed by the item's id (``query_id``). An item whose filled template does not parse, or a
+    bad row, is a dead letter.
+
+    Example::
+
+        related = p | ReadItems("items.parquet") | RelatedItems(
+            "/tmp/index", "category = {category} AND id != {id}", k=5)
+    """
+
+    def __init__(self, index, template: str, k: int = 10, max_shards: int = DEFAULT_MAX_SHARDS):
         super().__init__()
-        self.template, self.k = template, k
-        self.search = HybridSearch(index_path, k, max_shards)
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        self.index, self.template, self.k, self.max_shards = index, template, k, max_shards
 
     def expand(self, items):
-        queries = items | "AsQueries" >> beam.FlatMap(_as_queries, self.template, self.k).with_outputs(
+        index = as_index(items.pipeline, self.index, "Index")
+        blocks = items | "AsBlocks" >> ToBlocks()
+        dimension = index | "Dimension" >> beam.Map(_dimension)
+        checked = blocks | "Validate" >> Validate("items", beam.pvalue.AsSingleton(dimension))
+        queries = checked.valid | "AsQueries" >> beam.FlatMap(_as_queries, self.template, self.k).with_outputs(
             REJECTED, main="queries")
-        found = queries.queries | "Search" >> self.search
-        rejected = (queries[REJECTED], found[REJECTED]) | "Rejected" >> beam.Flatten()
-        return {"results": found["results"], REJECTED: rejected}
+        found = queries.queries | "Search" >> _SearchValidated(index, self.k, self.max_shards)
+        rejected = (checked[REJECTED], queries[REJECTED], found.rejected) | "Rejected" >> beam.Flatten()
+        return SearchResult(found.results, rejected)

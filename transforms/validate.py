@@ -1,4 +1,8 @@
-"""Validation as a transform: usable rows go on, bad rows go to a dead-letter output with their reason."""
+"""Validation as a transform, and the one dead-letter schema of every stage.
+
+Usable rows go on; a row a stage cannot use goes to that stage's ``rejected`` output as a
+dead-letter record (stage, source, row, id, reason), so nothing is lost silently.
+"""
 
 from __future__ import annotations
 
@@ -10,42 +14,56 @@ from apache_beam.metrics import Metrics
 
 from beamvec.index.schema import REJECTION_SCHEMA, Validated, validate_items, validate_queries
 from beamvec.transforms.io import Block
+from beamvec.transforms.progress import Progress
 
 REJECTED = "rejected"
-DEAD_LETTER_SCHEMA = pa.schema([("source", pa.string())] + list(REJECTION_SCHEMA))
+DEAD_LETTER_SCHEMA = pa.schema([("stage", pa.string()), ("source", pa.string())] + list(REJECTION_SCHEMA))
+"""Dead letters: the stage that set the row aside, its source (file, or partition for a shard
+build), its row there, its id (as text) and the reason."""
 
 
-def dead_letters(validated: Validated, source: str) -> pa.Table:
-    """The rejections of a block as a dead-letter table (source, row, id, reason)."""
+def dead_letters(validated: Validated, stage: str, source: str | None = None) -> pa.Table:
+    """The rejections of a block as a dead-letter table (:data:`DEAD_LETTER_SCHEMA`); ``source``
+    defaults to the block's own."""
     table = validated.rejections_table()
-    return table.add_column(0, "source", pa.array([source] * table.num_rows, pa.string()))
+    n = table.num_rows
+    source = validated.source if source is None else source
+    return table.add_column(0, "source", pa.array([source] * n, pa.string())).add_column(
+        0, "stage", pa.array([stage] * n, pa.string()))
 
 
 class _Validate(beam.DoFn):
-    def __init__(self, kind: str, dimension: int):
+    def __init__(self, kind: str):
         self.kind = kind
-        self.dimension = dimension
         self.read = Metrics.counter("beamvec", f"{kind}_read")
         self.accepted = Metrics.counter("beamvec", f"{kind}_accepted")
         self.rejected = Metrics.counter("beamvec", f"{kind}_rejected")
 
-    def process(self, block: Block):
+    def setup(self):
+        self.progress = Progress(f"{self.kind} read")
+
+    def process(self, block: Block, dimension: int | None):
         check = validate_items if self.kind == "items" else validate_queries
-        validated = dataclasses.replace(check(block.table, self.dimension, row_offset=block.offset), source=block.source)
+        validated = dataclasses.replace(check(block.table, dimension, row_offset=block.offset), source=block.source)
         self.read.inc(block.table.num_rows)
+        self.progress.add(block.table.num_rows)
         self.accepted.inc(validated.table.num_rows)
         self.rejected.inc(len(validated.rejections))
         if validated.table.num_rows:
             yield validated
         if validated.rejections:
-            yield beam.pvalue.TaggedOutput(REJECTED, dead_letters(validated, block.source))
+            yield beam.pvalue.TaggedOutput(REJECTED, dead_letters(validated, f"validate {self.kind}"))
 
 
 class Validate(beam.PTransform):
     """Splits :class:`Block` s of items or queries into ``Validated`` blocks (main output) and
-    dead-letter tables (output ``rejected``); every input row ends up in exactly one of them."""
+    dead-letter tables (output ``rejected``); every input row ends up in exactly one of them.
 
-    def __init__(self, kind: str, dimension: int):
+    ``dimension``: the vectors' dimension, as an int or a singleton side input
+    (``beam.pvalue.AsSingleton``); for items, None takes each block's first vector's.
+    """
+
+    def __init__(self, kind: str, dimension):
         super().__init__()
         if kind not in ("items", "queries"):
             raise ValueError(f"kind must be 'items' or 'queries', got {kind!r}")
@@ -53,4 +71,4 @@ class Validate(beam.PTransform):
         self.dimension = dimension
 
     def expand(self, blocks):
-        return blocks | beam.ParDo(_Validate(self.kind, self.dimension)).with_outputs(REJECTED, main="valid")
+        return blocks | beam.ParDo(_Validate(self.kind), self.dimension).with_outputs(REJECTED, main="valid")

@@ -7,7 +7,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from beamvec.index import Index, ManifestError, build_index, exact, synthetic
+from beamvec.index import Index, ManifestError, build_index, exact
+from beamvec.pipelines import synthetic
 from beamvec.index.columns import masks_of
 from beamvec.index.manifest import check_relative_path
 from beamvec.index.plan import AttributePlan

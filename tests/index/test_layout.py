@@ -4,7 +4,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from beamvec.index import exact, layout, synthetic
+from beamvec.index import exact, layout
+from beamvec.pipelines import synthetic
 from beamvec.index.columns import masks_of
 from beamvec.index.plan import fit_plan, plan_from_json
 from beamvec.index.predicate import MATCH_ALL, parse

@@ -4,7 +4,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from beamvec.index import layout, synthetic
+from beamvec.index import layout
+from beamvec.pipelines import synthetic
 from beamvec.index.masks import MaskCache
 from beamvec.index.predicate import MATCH_ALL, parse
 

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from beamvec.index import Index, build_index, exact, synthetic
+from beamvec.index import Index, build_index, exact
+from beamvec.pipelines import synthetic
 from beamvec.index.columns import masks_of
 from beamvec.index.plan import HashPlan, fit_plan, plan_from_json, rows_scanned
 from beamvec.index.predicate import parse

@@ -4,7 +4,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from beamvec.index import synthetic
+from beamvec.pipelines import synthetic
 from beamvec.index.querylog import QueryLog, build_parts, recall_summary
 
 DIM = 8

@@ -4,7 +4,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from beamvec.index import synthetic
+from beamvec.pipelines import synthetic
 from beamvec.index.columns import Columns
 from beamvec.index.predicate import parse
 from beamvec.index.zones import MAX_LISTED, ZoneMaps

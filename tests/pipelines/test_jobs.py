@@ -2,11 +2,6 @@
 PortableRunner against Beam's Python job service with an external SDK worker pool."""
 
 import glob
-import os
-import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pyarrow as pa
@@ -14,8 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beamvec.index import Index, exact, synthetic
+from beamvec.index import Index, exact
+from beamvec.pipelines import synthetic
 from beamvec.index.columns import masks_of
+from beamvec.index.querylog import read_workload
 from beamvec.index.schema import validate_items
 from beamvec.pipelines import jobs
 from beamvec.pipelines.demo import _with_bad_queries, _with_bad_rows
@@ -104,52 +101,12 @@ def test_related_items_follow_the_template(data, direct):
         assert {category[f] for f in found} == {category[item]}
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(port, seconds=60):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("localhost", port)) == 0:
-                return
-        time.sleep(0.5)
-    raise TimeoutError(f"nothing listening on port {port}")
-
-
-@pytest.fixture(scope="module")
-def portable_services():
-    """Beam's Python job service and an external SDK worker pool, started with this venv's python."""
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    job_port, pool_port = free_port(), free_port()
-    services = [
-        subprocess.Popen([sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
-                          "--port", str(job_port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-        subprocess.Popen([sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
-                          "--service_port", str(pool_port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-    ]
-    try:
-        wait_for(job_port)
-        wait_for(pool_port)
-        yield job_port, pool_port
-    finally:
-        for s in services:
-            s.terminate()
-            s.wait(timeout=30)
-
-
-def test_all_runners_give_the_same_index_and_neighbors(data, direct, portable_services):
+def test_all_runners_give_the_same_index_and_neighbors(data, direct, portable_options):
     root = data[0]
-    job_port, pool_port = portable_services
     runs = {  # with the log that has vectors (same predicates, so the same plan): held-out partials cross processes
         "multi": run_jobs(root, "multi", ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
                           "workload.parquet"),
-        "portable": run_jobs(root, "portable", [
-            "--runner=PortableRunner", f"--job_endpoint=localhost:{job_port}",
-            "--environment_type=EXTERNAL", f"--environment_config=localhost:{pool_port}"], "workload.parquet"),
+        "portable": run_jobs(root, "portable", portable_options, "workload.parquet"),
     }
     expected = neighbors(direct[1])
     partitions = [(p.id, p.rows, p.description) for p in Index.open(direct[0]).manifest.partitions]
@@ -167,10 +124,10 @@ def test_read_workload_from_parquet_with_and_without_vectors_and_from_text(tmp_p
     log = synthetic.make_queries(6, DIM, seed=3)
     vectors = log.column("vector").combine_chunks().values.to_numpy().reshape(-1, DIM)
     pq.write_table(log.select(["predicate"]), tmp_path / "predicates.parquet")
-    only = jobs.read_workload(str(tmp_path / "predicates.parquet"), DIM)
+    only = read_workload(str(tmp_path / "predicates.parquet"), DIM)
     assert only.predicates == log.column("predicate").to_pylist() and only.vectors is None and not only.has_vectors
     pq.write_table(log, tmp_path / "log.parquet")
-    full = jobs.read_workload(str(tmp_path / "log.parquet"), DIM)
+    full = read_workload(str(tmp_path / "log.parquet"), DIM)
     assert full.predicates == only.predicates and full.dropped == 0
     np.testing.assert_array_equal(full.vectors, vectors)
     # Bad vectors leave the vectors part (counted), never the predicates.
@@ -178,18 +135,18 @@ def test_read_workload_from_parquet_with_and_without_vectors_and_from_text(tmp_p
     rows[1], rows[3][0], rows[4] = rows[1][:-1], float("nan"), None
     bad = pa.table({"predicate": log.column("predicate"), "vector": pa.array(rows, pa.list_(pa.float64()))})
     pq.write_table(bad, tmp_path / "bad.parquet")
-    read_bad = jobs.read_workload(str(tmp_path / "bad.parquet"), DIM)
+    read_bad = read_workload(str(tmp_path / "bad.parquet"), DIM)
     assert read_bad.predicates == only.predicates and read_bad.dropped == 3
     np.testing.assert_array_equal(read_bad.vector_rows, [0, 2, 5])
     np.testing.assert_allclose(read_bad.queries().vectors, vectors[[0, 2, 5]])
     assert read_bad.queries().predicates == [only.predicates[i] for i in (0, 2, 5)]
     (tmp_path / "log.txt").write_text("category = 'rock'\n\nyear > 2000\n")
-    text = jobs.read_workload(str(tmp_path / "log.txt"))
+    text = read_workload(str(tmp_path / "log.txt"))
     assert text.predicates == ["category = 'rock'", "", "year > 2000"] and text.vectors is None
-    assert len(jobs.read_workload(None)) == 0
+    assert len(read_workload(None)) == 0
     with pytest.raises(ValueError, match="no 'predicate' column"):
         pq.write_table(log.select(["vector"]), tmp_path / "nopredicate.parquet")
-        jobs.read_workload(str(tmp_path / "nopredicate.parquet"))
+        read_workload(str(tmp_path / "nopredicate.parquet"))
 
 
 def test_beam_build_calibrates_on_the_log_and_reports_held_out_recall(tmp_path, capsys):
@@ -216,7 +173,7 @@ def test_beam_build_calibrates_on_the_log_and_reports_held_out_recall(tmp_path, 
     assert len(calibrations) >= 2 and all(c.log_queries > 0 for c in calibrations)
 
     valid = validate_items(items)
-    log = jobs.read_workload(str(tmp_path / "log.parquet"), dim)
+    log = read_workload(str(tmp_path / "log.parquet"), dim)
     calibration, heldout = querylog.build_parts(log, valid.table.drop_columns(["vector"]).schema, dim)
     assert len(heldout) == 300
     in_process = querylog.measure_index(opened, heldout, valid.table.column("id").combine_chunks(), valid.vectors,

@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beamvec.index import Index, build_index, fit_plan, synthetic
+from beamvec.index import Index, build_index, fit_plan
+from beamvec.pipelines import synthetic
 from beamvec.index.shard import DATASET
 from beamvec.pipelines import jobs
 

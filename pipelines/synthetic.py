@@ -401,3 +401,17 @@ GENERATORS: dict[str, Generator] = {
     "tenants": Generator(make_tenant_items, tenant_predicates, make_tenant_queries),
 }
 """The workload generators by name."""
+
+
+def generate(generator: str, num_items: int, dimension: int, num_queries: int,
+             seed: int = 0) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """Items, queries and a workload log (predicates with their query vectors) from
+    ``GENERATORS[generator]``. The queries and the log are the two halves of one draw of
+    2 x ``num_queries`` queries of the items' seed: independent draws from the same distribution
+    (a draw of another seed would be a different world: its query vectors lie around other
+    cluster centres, and for tenants other tenants are the big ones)."""
+    make = GENERATORS[generator]
+    items = make.items(num_items, dimension, seed)
+    both = make.queries(2 * num_queries, dimension, seed, predicates=make.predicates(2 * num_queries, seed))
+    log = both.slice(num_queries).drop_columns(["query_id"])
+    return items, both.slice(0, num_queries), log

@@ -7,7 +7,7 @@ from collections import Counter
 
 import numpy as np
 
-from beamvec.index import synthetic
+from beamvec.pipelines import synthetic
 from beamvec.index.predicate import parse
 from beamvec.index.schema import validate_items
 
