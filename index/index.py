@@ -122,7 +122,7 @@ class Index:
         self.path = path
         self.manifest = manifest
         self.verify = verify
-        self.workers = workers or _usable_cpus()
+        self.workers = workers or usable_cpus()
         self.stats = SearchStats()
         self.partitions_searched = 0
         self._shards: dict[str, Shard] = {}
@@ -263,6 +263,6 @@ class Index:
         return out
 
 
-def _usable_cpus() -> int:
+def usable_cpus() -> int:
     """The CPUs this process may run on (all of them where the OS cannot say)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -759,6 +759,13 @@ def parse(text: str | None) -> Predicate:
 # ------------------------------------------------------------------------------------ JSON
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def parse_shared(text: str | None) -> Predicate:
+    """:func:`parse`, once per text: equal texts give the same object, so caches keyed by predicate
+    hit on identity (see :func:`clear_reasoning_cache` and ``Index.clear_caches``)."""
+    return parse(text)
+
+
 def _field(obj: Mapping, key: str, types: type | tuple[type, ...]) -> Any:
     if key not in obj:
         raise PredicateError(f"predicate JSON {obj.get('type')!r} lacks {key!r}")

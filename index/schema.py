@@ -235,7 +235,7 @@ def validate_queries(table: pa.Table, dimension: int, row_offset: int = 0) -> Va
     items), a predicate that does not parse, or a k below 1. Predicates are only
     parsed here; checking them against the items' attributes is the searcher's job.
     """
-    from beamvec.index.predicate import PredicateError, parse
+    from beamvec.index.predicate import PredicateError, parse_shared
 
     check_query_schema(table.schema)
     vectors, bad = check_vectors(table.column(VECTOR), dimension)
@@ -244,7 +244,7 @@ def validate_queries(table: pa.Table, dimension: int, row_offset: int = 0) -> Va
         for i, text in enumerate(table.column(PREDICATE).to_pylist()):
             if i not in bad:
                 try:
-                    parse(text)
+                    parse_shared(text)  # the searcher parses it again: then from this cache
                 except PredicateError as e:
                     bad[i] = f"predicate does not parse: {e}"
     if K in table.column_names:

@@ -20,7 +20,6 @@ A cost model with a tunable ratio (:class:`SearchParams`) picks between the two.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import io
 import json
 import math
@@ -36,7 +35,7 @@ import pyarrow.parquet as pq
 from beamvec.index import exact, fs, layout, selection
 from beamvec.index.columns import Columns
 from beamvec.index.masks import MaskCache
-from beamvec.index.predicate import Predicate, clear_reasoning_cache, parse
+from beamvec.index.predicate import Predicate, clear_reasoning_cache, parse_shared
 from beamvec.index.stats import SearchStats
 
 FORMAT = "beamvec.shard"
@@ -724,21 +723,15 @@ def group_predicates(predicates: Sequence[Predicate | str | None]) -> dict[Predi
         by_object.setdefault(p if isinstance(p, str) else id(p), (p, []))[1].append(i)
     groups: dict[Predicate, list[int]] = {}
     for p, members in by_object.values():
-        parsed = p if isinstance(p, Predicate) else _parse_shared(p)
+        parsed = p if isinstance(p, Predicate) else parse_shared(p)
         groups.setdefault(parsed, []).extend(members)
     return {p: np.asarray(sorted(m), np.int64) for p, m in groups.items()}
 
 
 def clear_predicate_caches() -> None:
     """Forget parsed predicate texts and memoised predicate reasoning (see :meth:`Index.clear_caches`)."""
-    _parse_shared.cache_clear()
+    parse_shared.cache_clear()
     clear_reasoning_cache()
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _parse_shared(text: str | None) -> Predicate:
-    """Parsed once per text: equal texts give the same object, so caches keyed by predicate hit on identity."""
-    return parse(text)
 
 
 def _with_ids(attributes: pa.Table, ids: pa.Array) -> pa.Table:

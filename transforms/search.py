@@ -21,15 +21,21 @@ import collections
 import dataclasses
 import string
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, NamedTuple
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
+from threadpoolctl import threadpool_limits
 
 from beamvec.index import exact
 from beamvec.index.columns import Columns
+from beamvec.index.index import usable_cpus
 from beamvec.index.manifest import Manifest
 from beamvec.index.plan import plan_from_json
 from beamvec.index.schema import (
@@ -51,7 +57,8 @@ DEFAULT_MAX_SHARDS = 8
 @dataclasses.dataclass(frozen=True)
 class QueryBlock:
     """The queries of one block bound for one shard: the block's key, their positions in it,
-    vectors, predicates (parsed) and k each."""
+    vectors, predicates (their texts: cheaper to ship than parsed ones, and parsed once per
+    worker) and k each."""
 
     block: tuple[str, int]
     positions: np.ndarray
@@ -157,41 +164,76 @@ class _Route(_WithIndex):
                 return
             validated = dataclasses.replace(validated, table=validated.table.take(pa.array(keep)),
                                             vectors=validated.vectors[keep], rows=validated.rows[keep], rejections=())
-            queries = group_queries([predicates[i] for i in keep])
+            predicates = [predicates[i] for i in keep]
+            queries = group_queries(predicates)
         key = _block_key(validated)
         yield beam.pvalue.TaggedOutput("blocks", (key, validated))
-        distinct = queries.distinct
         ks = _query_k(validated.table, self.k)
         for ordinal, members in router.route(queries, validated.vectors):
             self.routed.inc(len(members))
-            yield ordinal, QueryBlock(key, members, validated.vectors[members],
-                                      [distinct[g] for g in queries.group_of[members]], ks[members])
+            yield ordinal, QueryBlock(key, members, validated.vectors[members], [predicates[i] for i in members],
+                                      ks[members])
 
 
 class _Search(_WithIndex):
-    """All the queries routed to one shard, searched together as :meth:`Index.search` searches it."""
+    """All the queries routed to one shard, searched together as :meth:`Index.search` searches it.
+
+    The shards of a bundle are searched on a pool of threads (one per CPU, each with ScaNN on
+    one thread and one-thread BLAS, as :meth:`Index.search` does: the same answers to the bit);
+    their partials leave when the bundle finishes."""
 
     def __init__(self, max_shards: int):
         self.max_shards = max_shards
 
-    def process(self, element, index_path: str) -> Iterable[tuple[tuple[str, int], BlockPartial]]:
+    def setup(self):
+        super().setup()
+        self.workers = usable_cpus()
+        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="beamvec-search")
+
+    def teardown(self):
+        self.pool.shutdown()
+
+    def start_bundle(self):
+        self.pending: list = []
+        self.limits = None
+
+    def process(self, element, index_path: str) -> None:
         ordinal, blocks = element
         manifest = self.manifest(index_path)
-        blocks = sorted(blocks, key=lambda b: b.block)
         shard = shard_of(index_path, manifest, ordinal, self.max_shards)
-        vectors = np.concatenate([b.vectors for b in blocks])
-        queries = group_queries([p for b in blocks for p in b.predicates])
-        k = int(max(int(b.ks.max()) for b in blocks))
-        partial, _ = search_shard(shard, ordinal, queries, np.arange(len(vectors)),
-                                  exact.prepare(vectors, manifest.metric), k)
-        rows = np.where(partial.handles >= 0, partial.handles % ROW_SPACE, -1)
-        ids = np.asarray(shard.ids_of(rows).to_pylist(), object).reshape(rows.shape)
-        start = 0
-        for b in blocks:
-            stop = start + len(b.positions)
-            yield b.block, BlockPartial(Partial(ordinal, b.positions, partial.handles[start:stop],
-                                                partial.keys[start:stop]), ids[start:stop])
-            start = stop
+        if self.limits is None:  # held while any search runs: each one's own limit then restores to one
+            self.limits = threadpool_limits(1, "blas")
+        self.pending.append(self.pool.submit(_search_blocks, shard, ordinal, sorted(blocks, key=lambda b: b.block),
+                                             manifest.metric, self.workers == 1))
+
+    def finish_bundle(self):
+        try:
+            for future in self.pending:
+                for key, partial in future.result():
+                    yield WindowedValue((key, partial), MIN_TIMESTAMP, [GlobalWindow()])
+        finally:
+            self.pending = []
+            if self.limits is not None:
+                self.limits.restore_original_limits()
+
+
+def _search_blocks(shard: Shard, ordinal: int, blocks: list[QueryBlock], metric: str,
+                   parallel: bool) -> list[tuple[tuple[str, int], BlockPartial]]:
+    """One shard searched for the queries of ``blocks`` (in block order), as one batch; its top-k back per block."""
+    vectors = np.concatenate([b.vectors for b in blocks])
+    queries = group_queries([p for b in blocks for p in b.predicates])
+    k = int(max(int(b.ks.max()) for b in blocks))
+    partial, _ = search_shard(shard, ordinal, queries, np.arange(len(vectors)), exact.prepare(vectors, metric), k,
+                              parallel=parallel)
+    rows = np.where(partial.handles >= 0, partial.handles % ROW_SPACE, -1)
+    ids = np.asarray(shard.ids_of(rows).to_pylist(), object).reshape(rows.shape)
+    out, start = [], 0
+    for b in blocks:
+        stop = start + len(b.positions)
+        out.append((b.block, BlockPartial(Partial(ordinal, b.positions, partial.handles[start:stop],
+                                                  partial.keys[start:stop]), ids[start:stop])))
+        start = stop
+    return out
 
 
 class _Merge(_WithIndex):
