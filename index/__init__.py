@@ -13,7 +13,7 @@ _EXPORTS = {
     "Index": "index", "build_index": "index",
     "PartitionPlan": "plan", "fit_plan": "plan",
     "Manifest": "manifest", "ManifestError": "manifest",
-    "Predicate": "predicate", "PredicateError": "predicate", "parse": "predicate",
+    "Predicate": "predicate", "PredicateError": "predicate", "parse": "parser",
     "SearchParams": "shard", "Shard": "shard", "ShardConfig": "shard", "ShardFormatError": "shard",
 }
 __all__ = sorted(_EXPORTS)

@@ -329,7 +329,7 @@ def in_keys(column: Column, values: tuple) -> np.ndarray:
 def masks_of(data: pa.Table | pa.RecordBatch, texts) -> dict:
     """Each distinct predicate text's row mask over ``data`` (None for no filter: None or ''),
     validated, with the columns encoded once for all of them."""
-    from beamvec.index.predicate import parse
+    from beamvec.index.parser import parse
 
     columns = Columns(data)
     return {t: parse(t).evaluate(columns) if t else None for t in set(texts)}

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from beamvec.index.predicate import parse
+from beamvec.index.parser import parse
 
 MAX_COLUMNS = 3
 MIN_SHARE = 0.05  # a column must appear in at least this share of the workload's predicates

@@ -21,7 +21,8 @@ import pyarrow as pa
 
 from beamvec.index import kmeans, layout
 from beamvec.index.hashing import id_hashes
-from beamvec.index.predicate import MATCH_ALL, Box, Predicate, may_match, parse
+from beamvec.index.predicate import MATCH_ALL, Box, Predicate, literal_text, may_match, quote_identifier
+from beamvec.index.parser import parse
 
 _ROUTE_CACHE = 100_000
 
@@ -159,17 +160,17 @@ class AttributePlan(PartitionPlan):
         if not (pa.types.is_string(values.type) or pa.types.is_boolean(values.type)
                 or pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
             raise ValueError(f"attribute:{column}: type {values.type} cannot key partitions (strings, bools, numbers can)")
-        name = _quote(column)
+        name = quote_identifier(column)
         distinct = sorted({v for v in values.to_pylist() if v is not None}, key=repr)
         if pa.types.is_string(values.type) or pa.types.is_boolean(values.type) or len(distinct) <= max_ranges:
-            literal = [_literal(v) for v in distinct]
+            literal = [literal_text(v) for v in distinct]
             parts = [parse(f"{name} = {v}") for v in literal]
             if literal and not pa.types.is_boolean(values.type):
                 parts.append(parse(f"{name} NOT IN ({', '.join(literal)})"))
         else:
             numbers = np.asarray([v for v in values.to_pylist() if v is not None])
             cuts = sorted(set(np.quantile(numbers, np.linspace(0, 1, max_ranges + 1)[1:-1], method="lower").tolist()))
-            cuts = [_literal(c) for c in cuts]
+            cuts = [literal_text(c) for c in cuts]
             parts = [parse(f"{name} < {cuts[0]}")]
             parts += [parse(f"{name} >= {a} AND {name} < {b}") for a, b in zip(cuts, cuts[1:])]
             parts.append(parse(f"{name} >= {cuts[-1]}"))
@@ -227,18 +228,6 @@ class KMeansPlan(PartitionPlan):
 
     def _json(self) -> dict:
         return {"kind": self.kind, "probes": self.probes, "centroids": self.centroids.tolist()}
-
-
-def _literal(value) -> str:
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, str):
-        return "'" + value.replace("'", "''") + "'"
-    return repr(value)
-
-
-def _quote(column: str) -> str:
-    return '"' + column.replace('"', '""') + '"'
 
 
 def fit_plan(

@@ -1,4 +1,5 @@
-"""Filter predicates over attribute columns: parse, print, validate, evaluate, and reason over boxes.
+"""Filter predicates over attribute columns: the syntax tree, printing, JSON, validation,
+evaluation, and reasoning over boxes (the parser is :mod:`beamvec.index.parser`).
 
 The text syntax is a small SQL ``WHERE`` dialect, keywords case-insensitive::
 
@@ -30,7 +31,7 @@ import datetime as dt
 import functools
 import math
 import re
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, NamedTuple, NoReturn, Union
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, NamedTuple, Union
 
 import numpy as np
 import pyarrow as pa
@@ -95,18 +96,24 @@ def _tagged(value: object) -> object:
     return (type(value).__name__, value)
 
 
-def _quote_identifier(name: str) -> str:
+def quote_identifier(name: str) -> str:
+    """A column name as predicate text: bare when it can be, else double-quoted."""
     if _BARE.fullmatch(name) and name.upper() not in _KEYWORDS:
         return name
     return '"' + name.replace('"', '""') + '"'
 
 
-def _literal_text(value: Value) -> str:
+def literal_text(value) -> str:
+    """A value as a predicate literal: NULL, TRUE/FALSE, a number, or a quoted string (dates and
+    timestamps as their ISO text, which compares with temporal columns)."""
+    if value is None:
+        return "NULL"
     if isinstance(value, bool):
         return "TRUE" if value else "FALSE"
-    if isinstance(value, str):
-        return "'" + value.replace("'", "''") + "'"
-    return repr(value)
+    if isinstance(value, (int, float)):
+        return repr(value)
+    text = value if isinstance(value, str) else str(value)
+    return "'" + text.replace("'", "''") + "'"
 
 
 class Predicate:
@@ -265,7 +272,7 @@ class Compare(_Atom):
         return {"type": "compare", "column": self.column, "op": self.op, "value": self.value}
 
     def _text(self) -> str:
-        return f"{_quote_identifier(self.column)} {self.op} {_literal_text(self.value)}"
+        return f"{quote_identifier(self.column)} {self.op} {literal_text(self.value)}"
 
     def _check(self, schema: pa.Schema) -> None:
         self._check_literals(schema, (self.value,))
@@ -304,8 +311,8 @@ class Between(_Atom):
 
     def _text(self) -> str:
         not_ = "NOT " if self.negated else ""
-        return (f"{_quote_identifier(self.column)} {not_}BETWEEN "
-                f"{_literal_text(self.low)} AND {_literal_text(self.high)}")
+        return (f"{quote_identifier(self.column)} {not_}BETWEEN "
+                f"{literal_text(self.low)} AND {literal_text(self.high)}")
 
     def _check(self, schema: pa.Schema) -> None:
         self._check_literals(schema, (self.low, self.high))
@@ -339,8 +346,8 @@ class In(_Atom):
 
     def _text(self) -> str:
         not_ = "NOT " if self.negated else ""
-        values = ", ".join(_literal_text(v) for v in self.values)
-        return f"{_quote_identifier(self.column)} {not_}IN ({values})"
+        values = ", ".join(literal_text(v) for v in self.values)
+        return f"{quote_identifier(self.column)} {not_}IN ({values})"
 
     def _check(self, schema: pa.Schema) -> None:
         self._check_literals(schema, self.values)
@@ -364,7 +371,7 @@ class IsNull(_Atom):
         return {"type": "is_null", "column": self.column, "negated": self.negated}
 
     def _text(self) -> str:
-        return f"{_quote_identifier(self.column)} IS {'NOT ' if self.negated else ''}NULL"
+        return f"{quote_identifier(self.column)} IS {'NOT ' if self.negated else ''}NULL"
 
 
     def _possible(self, box: Box) -> _Possible:
@@ -387,7 +394,7 @@ class BoolColumn(_Atom):
         return {"type": "bool_column", "column": self.column}
 
     def _text(self) -> str:
-        return _quote_identifier(self.column)
+        return quote_identifier(self.column)
 
     def _check(self, schema: pa.Schema) -> None:
         if _column_kind(schema, self.column) != "bool":
@@ -540,230 +547,7 @@ def _not_true(part: Predicate, flip: bool) -> Predicate:
     return side if isinstance(part, IsNull) else or_(side, IsNull(part.column))  # type: ignore[attr-defined]
 
 
-# --------------------------------------------------------------------------------- parsing
-
-
-class _Token(NamedTuple):
-    kind: str  # num str ident kw op ( ) , end
-    value: Any
-    pos: int
-    text: str
-
-
-def _describe(token: _Token) -> str:
-    if token.kind == "end":
-        return "end of text"
-    text = token.text if len(token.text) <= 24 else token.text[:21] + "..."
-    return f"'{text}'" if token.kind != "str" else text
-
-
-def _quoted(text: str, start: int, quote: str, what: str) -> tuple[str, int]:
-    """The content of a quoted token at ``start`` (doubling escapes the quote) and the end offset."""
-    parts, i = [], start + 1
-    while True:
-        j = text.find(quote, i)
-        if j < 0:
-            raise PredicateError(f"unterminated {what}", start, f"a closing {quote}")
-        parts.append(text[i:j])
-        if text.startswith(quote, j + 1):
-            parts.append(quote)
-            i = j + 2
-        else:
-            return "".join(parts), j + 1
-
-
-def _number(text: str, pos: int) -> int | float:
-    if re.search(r"[.eE]", text):
-        value = float(text)
-        if not math.isfinite(value):
-            raise PredicateError(f"number {text} is out of range", pos, "a finite number")
-        return value
-    try:
-        return int(text)
-    except ValueError:  # longer than Python's int conversion limit
-        raise PredicateError("integer literal is too long", pos) from None
-
-
-def _tokenize(text: str) -> list[_Token]:
-    tokens, pos = [], 0
-    while pos < len(text):
-        char = text[pos]
-        if char in "'\"":
-            value, end = _quoted(text, pos, char, "string" if char == "'" else "quoted identifier")
-            if char == '"' and not value:
-                raise PredicateError("empty quoted identifier", pos, "a column name")
-            tokens.append(_Token("str" if char == "'" else "ident", value, pos, text[pos:end]))
-            pos = end
-            continue
-        match = _TOKEN.match(text, pos)
-        if match is None:
-            raise PredicateError(f"unexpected character {char!r}", pos)
-        kind, word = match.lastgroup, match.group()
-        if kind == "num":
-            tokens.append(_Token("num", _number(word, pos), pos, word))
-        elif kind == "word":
-            upper = word.upper()
-            tokens.append(_Token("kw", upper, pos, word) if upper in _KEYWORDS else _Token("ident", word, pos, word))
-        elif kind == "op":
-            if word == "==":
-                raise PredicateError("'==' is not an operator; use '='", pos, "'='")
-            tokens.append(_Token("op", "!=" if word == "<>" else word, pos, word))
-        elif kind == "punct":
-            tokens.append(_Token(word, word, pos, word))
-        pos = match.end()
-    tokens.append(_Token("end", None, len(text), ""))
-    return tokens
-
-
-class _Parser:
-    """Recursive descent over the token list; each nesting level costs three stack frames."""
-
-    def __init__(self, tokens: list[_Token]):
-        self.tokens = tokens
-        self.i = 0
-
-    def peek(self) -> _Token:
-        return self.tokens[self.i]
-
-    def take(self) -> _Token:
-        token = self.tokens[self.i]
-        self.i += 1
-        return token
-
-    def at_keyword(self, word: str) -> bool:
-        token = self.peek()
-        return token.kind == "kw" and token.value == word
-
-    def fail(self, expected: str, after: str | None = None, hint: str = "") -> NoReturn:
-        token = self.peek()
-        where = f" after {after}" if after else ""
-        raise PredicateError(f"expected {expected}{where}, found {_describe(token)}{hint}", token.pos, expected)
-
-    def parse(self) -> Predicate:
-        predicate = self.disjunction(0, None)
-        if self.peek().kind != "end":
-            self.fail("AND, OR or end of text")
-        return predicate
-
-    def disjunction(self, depth: int, after: str | None) -> Predicate:
-        parts = [self.conjunction(depth, after)]
-        while self.at_keyword("OR"):
-            self.take()
-            parts.append(self.conjunction(depth, "'OR'"))
-        return parts[0] if len(parts) == 1 else Or(tuple(parts))
-
-    def conjunction(self, depth: int, after: str | None) -> Predicate:
-        parts = [self.unary(depth, after)]
-        while self.at_keyword("AND"):
-            self.take()
-            parts.append(self.unary(depth, "'AND'"))
-        return parts[0] if len(parts) == 1 else And(tuple(parts))
-
-    def deeper(self, depth: int) -> int:
-        if depth >= MAX_DEPTH:
-            raise PredicateError(f"nested deeper than {MAX_DEPTH} levels", self.peek().pos)
-        return depth + 1
-
-    def unary(self, depth: int, after: str | None) -> Predicate:
-        nots = 0
-        while self.at_keyword("NOT"):
-            depth = self.deeper(depth)
-            self.take()
-            nots, after = nots + 1, "'NOT'"
-        token = self.peek()
-        if token.kind == "(":
-            inner_depth = self.deeper(depth)
-            self.take()
-            predicate = self.disjunction(inner_depth, "'('")
-            if self.peek().kind != ")":
-                self.fail(f"')' to close the '(' at position {token.pos}")
-            self.take()
-        elif token.kind == "ident":
-            self.take()
-            predicate = self.condition(token)
-        else:
-            self.fail("a column name, '(' or NOT", after)
-        for _ in range(nots):
-            predicate = Not(predicate)
-        return predicate
-
-    def condition(self, column: _Token) -> Predicate:
-        name, token = column.value, self.peek()
-        if token.kind == "op":
-            self.take()
-            return Compare(name, token.value, self.value(f"'{token.text}'"))
-        negated = self.at_keyword("NOT")
-        if negated:
-            self.take()
-            if not (self.at_keyword("BETWEEN") or self.at_keyword("IN")):
-                self.fail("BETWEEN or IN", "'NOT'")
-        if self.at_keyword("BETWEEN"):
-            self.take()
-            low_token = self.peek()
-            low = self.value("'BETWEEN'")
-            if not self.at_keyword("AND"):
-                self.fail("AND", f"'BETWEEN {low_token.text}'")
-            self.take()
-            return Between(name, low, self.value("'AND'"), negated)
-        if self.at_keyword("IN"):
-            self.take()
-            if self.peek().kind != "(":
-                self.fail("'('", "'IN'")
-            self.take()
-            values = [self.value("'('")]
-            while self.peek().kind == ",":
-                self.take()
-                values.append(self.value("','"))
-            if self.peek().kind != ")":
-                self.fail("',' or ')'")
-            self.take()
-            return In(name, tuple(values), negated)
-        if self.at_keyword("IS"):
-            self.take()
-            is_not = self.at_keyword("NOT")
-            if is_not:
-                self.take()
-            if not self.at_keyword("NULL"):
-                self.fail("NULL", "'IS NOT'" if is_not else "'IS'")
-            self.take()
-            return IsNull(name, is_not)
-        return BoolColumn(name)
-
-    def value(self, after: str) -> Value:
-        token = self.peek()
-        if token.kind in ("str", "num") or (token.kind == "kw" and token.value in ("TRUE", "FALSE")):
-            self.take()
-            return token.value == "TRUE" if token.kind == "kw" else token.value
-        hint = " (use IS NULL or IS NOT NULL to test for null)" if token.kind == "kw" and token.value == "NULL" else ""
-        self.fail("a value", after, hint)
-
-
-def parse(text: str | None) -> Predicate:
-    """Parse filter text; None, empty or blank text gives :data:`MATCH_ALL`.
-
-    Raises :class:`PredicateError` (with ``position``) for anything malformed.
-    """
-    if text is None:
-        return MATCH_ALL
-    if not isinstance(text, str):
-        raise PredicateError(f"predicate text must be a string, got {type(text).__name__}")
-    tokens = _tokenize(text)
-    if len(tokens) == 1:
-        return MATCH_ALL
-    try:
-        return _Parser(tokens).parse()
-    except RecursionError:
-        raise PredicateError("predicate is nested too deeply for the stack", 0) from None
-
-
 # ------------------------------------------------------------------------------------ JSON
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def parse_shared(text: str | None) -> Predicate:
-    """:func:`parse`, once per text: equal texts give the same object, so caches keyed by predicate
-    hit on identity (see :func:`clear_reasoning_cache` and ``Index.clear_caches``)."""
-    return parse(text)
 
 
 def _field(obj: Mapping, key: str, types: type | tuple[type, ...]) -> Any:
@@ -869,7 +653,7 @@ def _check_literal(column: str, t: pa.DataType, kind: str, value: Value) -> None
         or (isinstance(value, str) and parse_instant(value) is not None),
     }[kind]
     if not ok:
-        raise PredicateError(f"column '{column}' has type {t}; cannot compare it with {_literal_text(value)}",
+        raise PredicateError(f"column '{column}' has type {t}; cannot compare it with {literal_text(value)}",
                              expected=_EXPECTED_LITERAL[kind])
 
 

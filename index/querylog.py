@@ -29,7 +29,8 @@ import pyarrow.parquet as pq
 
 from beamvec.index import fs
 from beamvec.index.hashing import mix64
-from beamvec.index.predicate import MatchAll, PredicateError, parse
+from beamvec.index.predicate import MatchAll, PredicateError
+from beamvec.index.parser import parse
 from beamvec.index.schema import PREDICATE, VECTOR, check_vectors, is_vector_type, vector_dimension
 
 if TYPE_CHECKING:

@@ -235,7 +235,8 @@ def validate_queries(table: pa.Table, dimension: int, row_offset: int = 0) -> Va
     items), a predicate that does not parse, or a k below 1. Predicates are only
     parsed here; checking them against the items' attributes is the searcher's job.
     """
-    from beamvec.index.predicate import PredicateError, parse_shared
+    from beamvec.index.predicate import PredicateError
+    from beamvec.index.parser import parse_shared
 
     check_query_schema(table.schema)
     vectors, bad = check_vectors(table.column(VECTOR), dimension)

@@ -35,7 +35,8 @@ import pyarrow.parquet as pq
 from beamvec.index import exact, fs, layout, selection
 from beamvec.index.columns import Columns
 from beamvec.index.masks import MaskCache
-from beamvec.index.predicate import Predicate, clear_reasoning_cache, parse_shared
+from beamvec.index.predicate import Predicate, clear_reasoning_cache
+from beamvec.index.parser import parse_shared
 from beamvec.index.stats import SearchStats
 
 FORMAT = "beamvec.shard"

@@ -49,7 +49,8 @@ from beamvec.pipelines import synthetic
 from beamvec.index.columns import Columns
 from beamvec.index.masks import MaskCache
 from beamvec.index.plan import fit_plan
-from beamvec.index.predicate import And, Between, BoolColumn, Compare, IsNull, Not, Or, parse
+from beamvec.index.predicate import And, Between, BoolColumn, Compare, IsNull, Not, Or
+from beamvec.index.parser import parse
 from beamvec.index.querylog import QueryLog
 from beamvec.index.schema import PREDICATE, validate_items, validate_queries
 from beamvec.index.shard import SearchParams, clear_predicate_caches

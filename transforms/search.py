@@ -38,6 +38,7 @@ from beamvec.index.columns import Columns
 from beamvec.index.index import usable_cpus
 from beamvec.index.manifest import Manifest
 from beamvec.index.plan import plan_from_json
+from beamvec.index.predicate import literal_text
 from beamvec.index.schema import (
     ID, K, NEIGHBORS, PREDICATE, QUERY_ID, SCORE, VECTOR, Rejection, Validated, results_table, validate_queries,
     vectors_array,
@@ -381,25 +382,13 @@ class _Literals(dict):
         raise KeyError(f"the predicate template names {{{name}}}, which is not a column of the items")
 
 
-def _literal(value) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, str):
-        return "'" + value.replace("'", "''") + "'"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return "'" + str(value) + "'"
-
-
 def render_predicates(template: str, table: pa.Table) -> list[str]:
     """The template filled from each row: ``category = {category} AND id != {id}``."""
     names = [f for _, f, _, _ in string.Formatter().parse(template) if f]
     columns = {n: table.column(n).to_pylist() for n in dict.fromkeys(names) if n in table.column_names}
     out = []
     for i in range(table.num_rows):
-        out.append(template.format_map(_Literals({n: _literal(v[i]) for n, v in columns.items()})))
+        out.append(template.format_map(_Literals({n: literal_text(v[i]) for n, v in columns.items()})))
     return out
 
 

@@ -12,7 +12,8 @@ from beamvec.pipelines import synthetic
 from beamvec.index.columns import masks_of
 from beamvec.index.manifest import check_relative_path
 from beamvec.index.plan import AttributePlan
-from beamvec.index.predicate import PredicateError, parse
+from beamvec.index.predicate import PredicateError
+from beamvec.index.parser import parse
 from beamvec.index.schema import validate_items
 
 DIM = 32

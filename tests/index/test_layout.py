@@ -8,7 +8,8 @@ from beamvec.index import exact, layout
 from beamvec.pipelines import synthetic
 from beamvec.index.columns import masks_of
 from beamvec.index.plan import fit_plan, plan_from_json
-from beamvec.index.predicate import MATCH_ALL, parse
+from beamvec.index.predicate import MATCH_ALL
+from beamvec.index.parser import parse
 from beamvec.index.schema import validate_items
 from beamvec.index.shard import SearchParams, Shard, _Group, _shared_runs
 

@@ -7,7 +7,8 @@ import pytest
 from beamvec.index import layout
 from beamvec.pipelines import synthetic
 from beamvec.index.masks import MaskCache
-from beamvec.index.predicate import MATCH_ALL, parse
+from beamvec.index.predicate import MATCH_ALL
+from beamvec.index.parser import parse
 
 TABLE = pa.table({
     "category": ["rock", "pop", None, "rock", "jazz", "pop", "rock", None, "blues", "rock", "pop"],

@@ -12,7 +12,7 @@ from beamvec.index import Index, build_index, exact
 from beamvec.pipelines import synthetic
 from beamvec.index.columns import masks_of
 from beamvec.index.plan import HashPlan, fit_plan, plan_from_json, rows_scanned
-from beamvec.index.predicate import parse
+from beamvec.index.parser import parse
 from beamvec.index.qdtree import QdTreePlan, Workload
 from beamvec.index.schema import validate_items
 

@@ -34,8 +34,8 @@ from beamvec.index.predicate import (
     not_,
     not_true,
     or_,
-    parse,
 )
+from beamvec.index.parser import parse
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -6,7 +6,7 @@ import pytest
 
 from beamvec.pipelines import synthetic
 from beamvec.index.columns import Columns
-from beamvec.index.predicate import parse
+from beamvec.index.parser import parse
 from beamvec.index.zones import MAX_LISTED, ZoneMaps
 
 

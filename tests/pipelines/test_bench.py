@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from beamvec.index import predicate as predicate_module
+from beamvec.index import parser as parser_module
 from beamvec.index.predicate import Predicate
 from beamvec.pipelines import compare
 
@@ -21,7 +21,7 @@ def _cached(index) -> dict[str, int]:
     zone maps, its loaded shards and the objects they hold (mask caches), and the shared parses."""
     shards = list(index._shards.values())
     held = [v for s in shards for v in vars(s).values() if hasattr(v, "__dict__") and not callable(v)]
-    parses = predicate_module.parse_shared
+    parses = parser_module.parse_shared
     return {"index": sum(_learnt(o) for o in (index, index.plan, getattr(index, "_zones", None)) if o is not None),
             "shards": sum(_learnt(o) for o in shards + held),
             "parses": parses.cache_info().currsize}

@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 
 from beamvec.pipelines import synthetic
-from beamvec.index.predicate import parse
+from beamvec.index.parser import parse
 from beamvec.index.schema import validate_items
 
 
