@@ -14,7 +14,7 @@ _EXPORTS = {
     "PartitionPlan": "plan", "fit_plan": "plan",
     "Manifest": "manifest", "ManifestError": "manifest",
     "Predicate": "predicate", "PredicateError": "predicate", "parse": "parser",
-    "SearchParams": "shard", "Shard": "shard", "ShardConfig": "shard", "ShardFormatError": "shard",
+    "SearchParams": "shardspec", "Shard": "shard", "ShardConfig": "shardspec", "ShardFormatError": "shardfile",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -24,7 +24,8 @@ from beamvec.index.manifest import Manifest, PartitionEntry, check_relative_path
 from beamvec.index.plan import PartitionPlan, SinglePlan, plan_from_json
 from beamvec.index.predicate import MATCH_ALL, Predicate
 from beamvec.index.search import ROW_SPACE, Router, group_queries, load_shard, merge_partial, partial_of, shard_groups
-from beamvec.index.shard import SearchParams, Shard, clear_predicate_caches
+from beamvec.index.shard import Shard, clear_predicate_caches
+from beamvec.index.shardspec import SearchParams
 from beamvec.index.stats import SearchStats
 from beamvec.index.zones import ZoneMaps
 

@@ -32,7 +32,9 @@ from beamvec.index import exact, fs
 from beamvec.index.manifest import Manifest, ManifestError, check_relative_path, checksum, partition_id
 from beamvec.index.plan import PartitionPlan
 from beamvec.index.predicate import Predicate, PredicateError
-from beamvec.index.shard import ROWS, SearchParams, Shard, ShardResult, group_predicates
+from beamvec.index.shard import Shard, ShardResult, group_predicates
+from beamvec.index.shardfile import ROWS
+from beamvec.index.shardspec import SearchParams
 from beamvec.index.stats import SearchStats
 from beamvec.index.zones import ZoneMaps
 

@@ -14,193 +14,34 @@ batch gets the strategy its predicate's selectivity calls for:
   fewer than min(k, matching rows) results falls back to pre-filter, so every query
   gets min(k, matching rows) results.
 
-A cost model with a tunable ratio (:class:`SearchParams`) picks between the two.
+A cost model with a tunable ratio (:class:`SearchParams`) picks between the two
+(:mod:`beamvec.index.costs`). The spec, knobs and calibration are :mod:`beamvec.index.shardspec`;
+the directory a shard is saved as, :mod:`beamvec.index.shardfile`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
-import json
-import math
-import os
-import re
-import tempfile
 from typing import NamedTuple, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from beamvec.index import exact, fs, layout, selection
+from beamvec.index import costs, exact, layout, selection, shardfile
 from beamvec.index.columns import Columns
 from beamvec.index.masks import MaskCache
 from beamvec.index.predicate import Predicate, clear_reasoning_cache
 from beamvec.index.parser import parse_shared
+from beamvec.index.shardspec import CALIBRATION_K, Calibration, SearchParams, ShardConfig, scann
 from beamvec.index.stats import SearchStats
 
-FORMAT = "beamvec.shard"
-FORMAT_VERSION = 1
-HEADER = "shard.json"
-ROWS = "rows.parquet"
-DATASET = "dataset.npy"
-ASSETS = "scann_assets.pbtxt"
-
-# Shards up to this many rows are searched by brute force.
-BRUTE_FORCE_ROWS = 4_096
-# Seeds and the unbalanced k-means trainer make ScaNN's build deterministic:
-# identical input gives identical partitions, codebooks and results.
-_DETERMINISTIC_PARTITIONING = "partitioning {\n  clustering_seed: 1\n  balancing_type: DEFAULT_UNBALANCED\n"
-# Rows ScaNN trains its 16-centre codebooks on (the tree trains on up to 100k rows: a
-# tree fitted to a small sample cost 3 points of recall on unseen queries, measured).
-_AH_SAMPLE = 5_000
 _CALIBRATION_QUERIES = 128
-_CALIBRATION_K = 10
 _CALIBRATION_FETCHES = (10, 128, 512)
 # Calibrate a little above the target: the sample's rows stand in for unseen queries.
 _CALIBRATION_MARGIN = 0.02
 # Unfiltered top-10 typically needs a few percent of the leaves: the first guess is 1/16 of them.
 _CALIBRATION_FIRST_GUESS = 16
-# Estimated cost of each strategy in nanoseconds, measured side by side on a 2-core AVX2
-# machine (one thread each); only their ratios matter.
-_COST_DENSE_ROW = 8.0  # exact scoring, per query and row of a product shared by many queries
-_COST_RUN_ROW = 40.0  # per row of a product, once: reading it (dominates for a few queries)
-_COST_RUN_CALL = 60_000.0  # per masked product (mask, top-k and call overhead)
-_COST_GATHER_ROW = 10.0  # pre-filter over the gathered matching rows, per query
-_COST_GATHER_COPY_ROW = 150.0  # copying a matching row out, once per predicate group
-_COST_GATHER_GROUP = 55_000.0  # per predicate group gathered (mask to rows, call overhead)
-_COST_SCANN_QUERY = 10_000.0  # post-filter: fixed cost of one ScaNN query
-_COST_AH_ROW = 2.0  # post-filter: asymmetric hashing with 16-entry lookup tables
-_COST_REORDER_ROW = 29.0  # post-filter: exact re-scoring of fetched candidates, and filtering them
 
-
-class ShardFormatError(ValueError):
-    """A shard directory cannot be loaded: missing files, a bad header, or a mismatch."""
-
-
-def _scann():
-    from scann.scann_ops.py import scann_ops_pybind
-
-    return scann_ops_pybind
-
-
-@dataclasses.dataclass(frozen=True)
-class ShardConfig:
-    """How a shard's ScaNN searcher is built, as one spec string that round-trips.
-
-    ``Brute`` is exact brute force. ``Tree1000,AH2,Reorder100`` is a k-means tree of
-    1000 leaves, asymmetric hashing with 2 dimensions per block, and exact
-    re-scoring of the best 100 candidates.
-    """
-
-    num_leaves: int = 0
-    dims_per_block: int = 2
-    reorder: int = 100
-
-    @property
-    def brute_force(self) -> bool:
-        return self.num_leaves == 0
-
-    def spec(self) -> str:
-        """The spec string, e.g. ``Tree447,AH2,Reorder100`` or ``Brute``."""
-        if self.brute_force:
-            return "Brute"
-        return f"Tree{self.num_leaves},AH{self.dims_per_block},Reorder{self.reorder}"
-
-    @classmethod
-    def parse(cls, spec: str) -> "ShardConfig":
-        """The config a spec string describes; ValueError naming the expected form otherwise."""
-        if spec.strip().lower() == "brute":
-            return cls()
-        m = re.fullmatch(r"\s*tree(\d+)\s*,\s*ah(\d+)\s*,\s*reorder(\d+)\s*", spec, re.IGNORECASE)
-        if not m or int(m[1]) < 1 or int(m[2]) < 1 or int(m[3]) < 1:
-            raise ValueError(f"bad shard spec {spec!r}: expected 'Brute' or 'Tree<leaves>,AH<dims>,Reorder<n>'")
-        return cls(int(m[1]), int(m[2]), int(m[3]))
-
-    @classmethod
-    def for_shape(cls, rows: int, dimension: int) -> "ShardConfig":
-        """The default for a shard: brute force when small, else a tree of about sqrt(rows) leaves."""
-        if rows <= BRUTE_FORCE_ROWS:
-            return cls()
-        return cls(num_leaves=max(2, round(math.sqrt(rows))), dims_per_block=2, reorder=100)
-
-    def scann_config(self, vectors: np.ndarray, metric: str) -> str:
-        """ScaNN's text config for these vectors (already prepared for ``metric``)."""
-        distance = "squared_l2" if metric == "squared_l2" else "dot_product"
-        builder = _scann().builder(vectors, _CALIBRATION_K, distance)
-        if self.brute_force:
-            return builder.score_brute_force().create_config()
-        n = len(vectors)
-        # Plain (isotropic) AH: encodes faster than anisotropic AH and, with calibrated
-        # leaves, matched its queries/s and recall on partitioned data (measured).
-        config = (
-            builder.tree(self.num_leaves, 1, training_sample_size=min(n, 100_000))
-            .score_ah(self.dims_per_block, training_sample_size=min(n, _AH_SAMPLE))
-            .reorder(self.reorder)
-            .create_config()
-        )
-        # Seeded, unbalanced, and k-means++ centres: ScaNN's random initialisation ignores the seed,
-        # so the same rows gave a different tree on every build (measured); k-means++ gives the same
-        # tree in every process and with any number of training threads.
-        config = config.replace("RANDOM_INITIALIZATION", "DEFAULT_KMEANS_PLUS_PLUS", 1)
-        return config.replace("partitioning {", _DETERMINISTIC_PARTITIONING, 1)
-
-
-@dataclasses.dataclass(frozen=True)
-class SearchParams:
-    """Knobs of :meth:`Shard.search`.
-
-    ``prefilter_cost_ratio``: a query is pre-filtered when the pre-filter's estimated
-    cost is at most this times the post-filter's (higher favours exact pre-filter).
-    ``overfetch``: the post-filter fetches ``overfetch * k / selectivity`` candidates.
-    ``leaves_to_search``: overrides the calibrated number of leaves.
-    ``leaves_scale``: multiplies the calibrated leaves (trades speed for recall).
-    """
-
-    prefilter_cost_ratio: float = 2.0
-    overfetch: float = 2.0
-    leaves_to_search: int | None = None
-    leaves_scale: float = 1.0
-
-
-@dataclasses.dataclass(frozen=True)
-class Calibration:
-    """Leaves to search, per fetch size, for recall >= target; measured on calibration queries.
-
-    ``leaves`` pairs each fetch size F (10, 128, 512; at most an eighth of the rows) with the fewest leaves
-    for which ScaNN's top-F holds at least ``target`` (plus a margin) of the exact top-F. A filter of
-    selectivity s needs about the unfiltered top-k/s, so the post-filter looks up
-    the leaves for its fetch size here. ``recall`` is the unfiltered recall@10 reached.
-    ``queries`` calibration queries were used: ``log_queries`` of them from the
-    workload log (queries routed to the shard), the rest the shard's own rows.
-    """
-
-    leaves: tuple[tuple[int, int], ...]
-    recall: float
-    target: float
-    queries: int
-    log_queries: int = 0
-
-    @property
-    def leaves_to_search(self) -> int:
-        """Leaves for unfiltered top-10."""
-        return self.leaves[0][1] if self.leaves else 0
-
-    def leaves_for(self, fetch: int, num_leaves: int) -> int:
-        """Leaves for a fetch size: the entry of the next larger calibrated size, else all."""
-        for size, leaves in self.leaves:
-            if size >= fetch:
-                return leaves
-        return num_leaves
-
-    def to_json(self) -> dict:
-        return {"leaves": [list(p) for p in self.leaves], "recall": self.recall,
-                "target": self.target, "queries": self.queries, "log_queries": self.log_queries}
-
-    @classmethod
-    def from_json(cls, obj: dict) -> "Calibration":
-        return cls(tuple((int(f), int(l)) for f, l in obj["leaves"]), float(obj["recall"]),
-                   float(obj["target"]), int(obj["queries"]), int(obj.get("log_queries", 0)))
 
 
 class Shard:
@@ -283,7 +124,7 @@ class Shard:
         config = ShardConfig.parse(config) if isinstance(config, str) else config
         config = config or ShardConfig.for_shape(*prepared.shape)
         scann_config = config.scann_config(prepared, metric)
-        searcher = _scann().create_searcher(prepared, scann_config, 0)
+        searcher = scann().create_searcher(prepared, scann_config, 0)
         shard = cls(ids, attributes, prepared, metric, config, Calibration((), 1.0, recall_target, 0),
                     searcher, scann_config, row_order)
         if not config.brute_force:
@@ -304,7 +145,7 @@ class Shard:
         queries = np.concatenate([log, self.vectors[own]]) if len(log) else self.vectors[own]
         # Per query, the row that is the query itself: none (-2, never a row or padding) for log queries.
         sample = np.concatenate([np.full(len(log), -2, np.int64), own])
-        sizes = [f for f in _CALIBRATION_FETCHES if f <= max(_CALIBRATION_K, n // 8)]
+        sizes = [f for f in _CALIBRATION_FETCHES if f <= max(CALIBRATION_K, n // 8)]
         truth_all, _ = exact.search_rows(self.vectors, queries, sizes[-1] + 1, self.metric)
 
         truth_of: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -349,7 +190,7 @@ class Shard:
                       parallel: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """ScaNN top-``fetch`` (rows, keys), -1 / -inf where ScaNN found fewer; ``parallel`` uses ScaNN's threads."""
         fetch = min(fetch, self.num_rows)
-        pre = self._reorder_for(fetch)
+        pre = costs.reorder_for(self.num_rows, self.config, fetch)
         if self.config.brute_force:
             idx, dist = self._searcher.search_batched(queries, fetch)
         else:
@@ -392,18 +233,6 @@ class Shard:
     def _group(self, predicate: Predicate, members: np.ndarray) -> "_Group":
         """The queries ``members`` of ``predicate`` with the run of rows it matches (cached)."""
         return _Group(predicate, members, *self._masks.run(predicate))
-
-    def _post_cost(self, matches: int, k: int, params: SearchParams) -> tuple[float, int, int]:
-        """(cost, fetch, leaves) of a post-filter search for a predicate with ``matches`` rows."""
-        n = self.num_rows
-        fetch = k if matches >= n else _next_pow2(math.ceil(params.overfetch * k * n / max(matches, 1)))
-        fetch = min(n, fetch)
-        if self.config.brute_force:
-            return n * _COST_DENSE_ROW, fetch, 0
-        leaves = params.leaves_to_search or self.calibration.leaves_for(fetch, self.config.num_leaves)
-        leaves = max(1, min(self.config.num_leaves, round(leaves * params.leaves_scale)))
-        scanned = leaves * n / self.config.num_leaves
-        return _COST_SCANN_QUERY + scanned * _COST_AH_ROW + self._reorder_for(fetch) * _COST_REORDER_ROW, fetch, leaves
 
     def search(
         self,
@@ -460,7 +289,8 @@ class Shard:
                 group = self._group(p, members)
                 if group.matches == 0:
                     continue
-                post_cost, fetch, leaves = self._post_cost(group.matches, k, params)
+                post_cost, fetch, leaves = costs.post_cost(self.num_rows, self.config, self.calibration, group.matches,
+                                                           k, params)
                 pre = min(self._pre_costs(group)) <= params.prefilter_cost_ratio * post_cost
                 if pre:
                     plan.pre.append(group)
@@ -480,12 +310,7 @@ class Shard:
         return result
 
     def _pre_costs(self, group: "_Group") -> tuple[float, float]:
-        """Per-query cost of exact scoring: over the run of rows holding the group's matches
-        (alone, or at most as in a product shared by many queries), or over its gathered rows."""
-        m = len(group.members)
-        run = min(_run_cost(group.hi - group.lo, m) / m, self.num_rows * _COST_DENSE_ROW)
-        gathered = group.matches * (_COST_GATHER_ROW + _COST_GATHER_COPY_ROW / m) + _COST_GATHER_GROUP / m
-        return run, gathered
+        return costs.pre_costs(self.num_rows, group.hi - group.lo, group.matches, len(group.members))
 
     def _scores_masked_run(self, group: "_Group") -> bool:
         """Whether a pre-filtered group with a mask scores its whole run (masked), rather than its gathered rows."""
@@ -505,7 +330,7 @@ class Shard:
             result.rows[g.members], result.keys[g.members] = exact.search_rows(
                 self.vectors, queries[g.members], k, self.metric, rows, result.stats)
             result.stats.rows_scored += len(g.members) * len(rows)
-        for batch in _shared_runs(runs):
+        for batch in costs.shared_runs(runs):
             # From a whole byte of the packed masks; rows before a group's run never match it.
             lo, hi = min(g.lo for g in batch) // 8 * 8, max(g.hi for g in batch)
             batch.sort(key=lambda g: not g.whole_run)  # blocks of queries that need only their spans come first
@@ -539,7 +364,7 @@ class Shard:
         done = ~short
         result.rows[members[done]], result.keys[members[done]] = got[done], best[done]
         result.stats.postfiltered += int(done.sum())
-        result.stats.rows_scored += len(members) * self._rows_scanned(fetch, leaves)
+        result.stats.rows_scored += len(members) * costs.rows_scanned(self.num_rows, self.config, fetch, leaves)
         if short.any():
             result.stats.fallbacks += int(short.sum())
             offsets = np.cumsum([0] + sizes)
@@ -547,47 +372,19 @@ class Shard:
                 if short[start:stop].any():
                     pre.append(g._replace(members=g.members[short[start:stop]]))
 
-    def _reorder_for(self, fetch: int) -> int:
-        """Candidates re-scored exactly for a fetch size: the config's reorder per 10 results."""
-        return min(self.num_rows, max(self.config.reorder, fetch * self.config.reorder // _CALIBRATION_K))
-
-    def _rows_scanned(self, fetch: int, leaves: int) -> int:
-        """Rows a ScaNN search touches: those in the searched leaves (all, for brute force)."""
-        if self.config.brute_force:
-            return self.num_rows
-        return round(leaves * self.num_rows / self.config.num_leaves) + self._reorder_for(fetch)
-
     def ids_of(self, rows: np.ndarray) -> pa.Array:
         """The ids of row positions (-1 gives null), flattened row-major."""
         flat = np.asarray(rows).reshape(-1)
         return self.ids.take(pa.array(flat, mask=flat < 0))
 
     def save(self, path: str) -> None:
-        """Write the shard as a directory: ScaNN assets, rows.parquet (ids and attributes), shard.json."""
-        filesystem = fs.filesystem_for(path)
-        with tempfile.TemporaryDirectory(prefix="beamvec-shard-") as tmp:
-            self._searcher.serialize(tmp, relative_path=True)
-            rows = io.BytesIO()
-            pq.write_table(self.attributes, rows)
-            with open(os.path.join(tmp, ROWS), "wb") as f:
-                f.write(rows.getvalue())
-            with open(os.path.join(tmp, HEADER), "w") as f:
-                json.dump(self.header(), f, indent=2, sort_keys=True)
-            filesystem.upload(tmp, path)
+        """Write the shard as a directory (:mod:`beamvec.index.shardfile`)."""
+        shardfile.write(path, self._searcher, self.attributes, self.header())
 
     def header(self) -> dict:
         """The JSON header: format, metric, dimension, rows, config, calibration and row order."""
-        return {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "metric": self.metric,
-            "dimension": self.dimension,
-            "rows": self.num_rows,
-            "spec": self.config.spec(),
-            "calibration": self.calibration.to_json(),
-            "scann_config": self.scann_config,
-            "row_order": list(self.row_order),
-        }
+        return shardfile.header(self.metric, self.dimension, self.num_rows, self.config, self.calibration,
+                                self.scann_config, self.row_order)
 
     @classmethod
     def load(cls, path: str, metric: str | None = None, dimension: int | None = None) -> "Shard":
@@ -596,38 +393,7 @@ class Shard:
         ``metric`` and ``dimension``, when given, must match the header (an index
         checks its shards this way).
         """
-        filesystem = fs.filesystem_for(path)
-        with filesystem.local_copy(path) as local:
-            names = set(os.listdir(local))
-            if any(name.endswith(".pkl") for name in names):
-                raise ShardFormatError(f"{path}: holds a pickle file; beamvec never loads pickles")
-            for name in (HEADER, ROWS, DATASET, ASSETS):
-                if name not in names:
-                    raise ShardFormatError(f"{path}: not a shard, {name} is missing")
-            header = _read_header(os.path.join(local, HEADER), path)
-            _check(header.get("format") == FORMAT and header.get("version") == FORMAT_VERSION, path,
-                   f"format {header.get('format')!r} version {header.get('version')!r}, "
-                   f"expected {FORMAT!r} version {FORMAT_VERSION}")
-            for key, want in (("metric", metric), ("dimension", dimension)):
-                _check(want is None or header.get(key) == want, path, f"{key} {header.get(key)!r}, expected {want!r}")
-            _check(header.get("metric") in exact.METRICS, path, f"unknown metric {header.get('metric')!r}")
-            try:
-                config = ShardConfig.parse(str(header.get("spec")))
-                calibration = Calibration.from_json(header["calibration"])
-                row_order = tuple(str(c) for c in header.get("row_order", ()))
-            except (ValueError, KeyError, TypeError) as e:
-                raise ShardFormatError(f"{path}: bad header: {e}") from e
-            vectors = np.load(os.path.join(local, DATASET), allow_pickle=False)
-            _check(vectors.shape == (header.get("rows"), header.get("dimension")), path,
-                   f"vectors have shape {vectors.shape}, header says ({header.get('rows')}, {header.get('dimension')})")
-            attributes = pq.read_table(os.path.join(local, ROWS))
-            _check(attributes.num_rows == header["rows"], path,
-                   f"{attributes.num_rows} rows in {ROWS}, header says {header['rows']}")
-            with open(os.path.join(local, ASSETS)) as f:
-                searcher = _scann().ScannSearcher(_scann().scann_pybind.ScannNumpy(local, f.read()))
-        ids = attributes.column("id").combine_chunks()
-        return cls(ids, attributes, vectors, header["metric"], config, calibration, searcher,
-                   str(header.get("scann_config", "")), row_order)
+        return cls(*shardfile.read(path, metric, dimension))
 
 
 @dataclasses.dataclass
@@ -641,35 +407,6 @@ class ShardResult:
     @classmethod
     def empty(cls, n: int, k: int) -> "ShardResult":
         return cls(np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32), SearchStats())
-
-
-def _run_cost(rows: int, queries: int) -> float:
-    """Estimated cost of one masked product of ``queries`` queries over ``rows`` consecutive rows."""
-    return _COST_RUN_CALL + rows * (_COST_RUN_ROW + queries * _COST_DENSE_ROW)
-
-
-def _shared_runs(groups: list["_Group"]) -> list[list["_Group"]]:
-    """Groups batched into shared masked products. In order of where their runs start, a
-    group joins the open batch (one still overlapping it, or the newest) where one product
-    over the union saves most against two, or starts its own."""
-    done: list[list] = []
-    batches: list[list] = []  # open: [lo, hi, queries, groups]
-    for g in sorted(groups, key=lambda g: (g.lo, g.hi)):
-        m = len(g.members)
-        done += [b for b in batches[:-1] if b[1] <= g.lo]
-        batches = [b for b in batches[:-1] if b[1] > g.lo] + batches[-1:]
-        best, saved = None, 0.0
-        for b in batches:
-            union = max(b[1], g.hi) - min(b[0], g.lo)
-            gain = _run_cost(b[1] - b[0], b[2]) + _run_cost(g.hi - g.lo, m) - _run_cost(union, b[2] + m)
-            if gain >= saved:
-                best, saved = b, gain
-        if best is None:
-            batches.append([g.lo, g.hi, m, [g]])
-        else:
-            best[0], best[1], best[2] = min(best[0], g.lo), max(best[1], g.hi), best[2] + m
-            best[3].append(g)
-    return [b[3] for b in done + batches]
 
 
 class GroupPlan(NamedTuple):
@@ -750,23 +487,3 @@ def _drop_self(rows: np.ndarray, sample: np.ndarray, k: int) -> np.ndarray:
     out = np.take_along_axis(rows, order, axis=1)
     out[~np.take_along_axis(keep, order, axis=1)] = -1
     return out
-
-
-def _next_pow2(x: int) -> int:
-    return 1 << max(0, (x - 1).bit_length())
-
-
-def _read_header(local: str, path: str) -> dict:
-    try:
-        with open(local) as f:
-            header = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ShardFormatError(f"{path}: {HEADER} is not valid JSON: {e}") from e
-    if not isinstance(header, dict):
-        raise ShardFormatError(f"{path}: {HEADER} is not a JSON object")
-    return header
-
-
-def _check(ok: bool, path: str, problem: str) -> None:
-    if not ok:
-        raise ShardFormatError(f"{path}: {problem}")

@@ -53,7 +53,8 @@ from beamvec.index.predicate import And, Between, BoolColumn, Compare, IsNull, N
 from beamvec.index.parser import parse
 from beamvec.index.querylog import QueryLog
 from beamvec.index.schema import PREDICATE, validate_items, validate_queries
-from beamvec.index.shard import SearchParams, clear_predicate_caches
+from beamvec.index.shard import clear_predicate_caches
+from beamvec.index.shardspec import SearchParams
 
 T = TypeVar("T")
 # Leaves scales beamvec is swept over (the calibrated leaves times these).

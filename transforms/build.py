@@ -33,7 +33,8 @@ from beamvec.index.manifest import Manifest, PartitionEntry, partition_id
 from beamvec.index.plan import PartitionPlan, check_partitioner, fit_plan, plan_from_json
 from beamvec.index.querylog import QueryLog, read_workload
 from beamvec.index.schema import ID, VECTOR, Validated, validate_items, vectors_array
-from beamvec.index.shard import Shard, ShardConfig
+from beamvec.index.shard import Shard
+from beamvec.index.shardspec import ShardConfig
 from beamvec.transforms.io import Block, ToBlocks, absolute
 from beamvec.transforms.progress import Progress
 from beamvec.transforms.validate import REJECTED, Validate, dead_letters

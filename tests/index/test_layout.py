@@ -11,7 +11,9 @@ from beamvec.index.plan import fit_plan, plan_from_json
 from beamvec.index.predicate import MATCH_ALL
 from beamvec.index.parser import parse
 from beamvec.index.schema import validate_items
-from beamvec.index.shard import SearchParams, Shard, _Group, _shared_runs
+from beamvec.index.costs import shared_runs
+from beamvec.index.shard import Shard, _Group
+from beamvec.index.shardspec import SearchParams
 
 DIM = 32
 
@@ -93,7 +95,7 @@ def test_shared_runs_batch_every_group_once_and_merge_overlapping_runs():
         return _Group(MATCH_ALL, np.arange(queries), hi - lo, lo, hi, None)
 
     groups = [group(0, 1000, 3), group(100, 900, 2), group(5000, 5100, 10), group(5050, 5150, 10), group(0, 10_000, 40)]
-    batches = _shared_runs(groups)
+    batches = shared_runs(groups)
     assert sorted(id(g) for b in batches for g in b) == sorted(id(g) for g in groups)
     batch_of = {(g.lo, g.hi): i for i, b in enumerate(batches) for g in b}
     assert batch_of[5000, 5100] == batch_of[5050, 5150]  # near-identical short runs share a product

@@ -13,7 +13,9 @@ from beamvec.pipelines import synthetic
 from beamvec.index.columns import masks_of
 from beamvec.index.manifest import checksum
 from beamvec.index.schema import validate_items
-from beamvec.index.shard import Calibration, SearchParams, Shard, ShardConfig, ShardFormatError
+from beamvec.index.shard import Shard
+from beamvec.index.shardfile import ShardFormatError
+from beamvec.index.shardspec import Calibration, SearchParams, ShardConfig
 
 DIM = 64
 SELECTIVITIES = (0.001, 0.01, 0.1, 0.5, 1.0)

@@ -11,7 +11,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beamvec.index import Index, build_index, fit_plan
 from beamvec.pipelines import synthetic
-from beamvec.index.shard import DATASET
+from beamvec.index.shardfile import DATASET
 from beamvec.pipelines import jobs
 
 DIM = 16
