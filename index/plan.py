@@ -21,7 +21,8 @@ import pyarrow as pa
 
 from beamvec.index import kmeans, layout
 from beamvec.index.hashing import id_hashes
-from beamvec.index.predicate import MATCH_ALL, Box, Predicate, literal_text, may_match, quote_identifier
+from beamvec.index.boxes import Box, may_match
+from beamvec.index.predicate import MATCH_ALL, Predicate, literal_text, quote_identifier
 from beamvec.index.parser import parse
 
 _ROUTE_CACHE = 100_000

@@ -24,7 +24,8 @@ import pyarrow.compute as pc
 
 from beamvec.index import kmeans
 from beamvec.index.plan import PartitionPlan
-from beamvec.index.predicate import MATCH_ALL, Box, Compare, In, Predicate, and_, may_match, not_true
+from beamvec.index.boxes import Box, may_match
+from beamvec.index.predicate import MATCH_ALL, Compare, In, Predicate, and_, not_true
 from beamvec.index.parser import parse
 
 # Columns tested for equality that get candidate range cuts, and cuts per column (at quantiles).

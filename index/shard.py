@@ -30,7 +30,8 @@ import pyarrow as pa
 from beamvec.index import costs, exact, layout, selection, shardfile
 from beamvec.index.columns import Columns
 from beamvec.index.masks import MaskCache
-from beamvec.index.predicate import Predicate, clear_reasoning_cache
+from beamvec.index.boxes import clear_reasoning_cache
+from beamvec.index.predicate import Predicate
 from beamvec.index.parser import parse_shared
 from beamvec.index.shardspec import CALIBRATION_K, Calibration, SearchParams, ShardConfig, scann
 from beamvec.index.stats import SearchStats

@@ -13,7 +13,7 @@ at once, with the same exact comparisons that evaluate rows
   where one does).
 
 Atoms combine by Kleene logic over the two possibilities (can be true, can be
-false), as :func:`beamvec.index.predicate.may_match` does over a plan's partition
+false), as :func:`beamvec.index.boxes.may_match` does over a plan's partition
 descriptions; the data's own bounds are as tight as a description or tighter. A
 partition is searched only where the predicate can be true.
 """

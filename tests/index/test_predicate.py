@@ -19,7 +19,6 @@ from beamvec.index.predicate import (
     And,
     Between,
     BoolColumn,
-    Box,
     Compare,
     In,
     IsNull,
@@ -30,11 +29,11 @@ from beamvec.index.predicate import (
     PredicateError,
     and_,
     from_json,
-    may_match,
     not_,
     not_true,
     or_,
 )
+from beamvec.index.boxes import Box, may_match
 from beamvec.index.parser import parse
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
