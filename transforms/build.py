@@ -1,15 +1,16 @@
-"""Index building as Beam transforms: sample, fit the plan, assign rows, build shards, write the manifest.
+"""Index building as Beam transforms: :class:`BuildIndex`, and the stages it is made of.
 
-Analyze-then-apply: the partition plan is fitted once on a sample and reaches
-every worker as a singleton side input; each partition's rows are grouped onto
-one worker, which builds that partition's ScaNN shard and writes it under the
-index directory. The manifest is written last, from the entries of all shards.
+Analyze, then apply: a deterministic sample of the items (:class:`SampleRows`, the smallest id
+hashes) gives the vectors' dimension and the partition plan, which reach every worker as
+singleton side inputs; each partition's rows are grouped onto one worker, which builds that
+partition's ScaNN shard and writes it under the index directory. The manifest is written last,
+from the entries of all shards, and :class:`BuildResult`'s ``index`` carries its path on.
 
-With a workload log that carries query vectors, its calibration part travels with
-the shard builder (a few thousand vectors at most): each worker calibrates its shard
-on the log queries the plan routes to it. The held-out part is measured shard by
-shard while each shard is still in memory (:func:`beamvec.index.querylog.heldout_partial`);
-the partials merge into the recall figure the manifest records.
+With a workload log that carries query vectors, its calibration part (a few thousand vectors
+at most) reaches the shard builders as a side input: each worker calibrates its shard on the
+log queries the plan routes to it. The held-out part is measured shard by shard while each
+shard is still in memory (:func:`beamvec.index.querylog.heldout_partial`); the partials merge
+into the recall figure the manifest records.
 """
 
 from __future__ import annotations
