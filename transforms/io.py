@@ -17,6 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
 
 from beamvec.index.schema import vector_dimension
 
@@ -77,30 +80,42 @@ def _as_dict(element) -> dict:
                     "pyarrow RecordBatches or Tables")
 
 
-def _element_blocks(elements: list) -> Iterator[Block]:
-    """Elements as blocks: each Table or RecordBatch its own, consecutive rows (dicts, Rows) one table.
+def _named_block(table: pa.Table) -> Block:
+    """Elements' rows as a block named by their content (and a nonce, so equal blocks stay apart):
+    the same elements sort the same way on every runner."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    digest = hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()[:24]
+    return Block(f"pcollection:{digest}:{uuid.uuid4().hex}", 0, table)
 
-    A block of elements is named by its content (and a nonce, so equal blocks stay apart): the
-    same elements sort the same way on every runner."""
-    rows: list[dict] = []
 
-    def block(table: pa.Table) -> Block:
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
-        digest = hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()[:24]
-        return Block(f"pcollection:{digest}:{uuid.uuid4().hex}", 0, table)
+class _ToBlocks(beam.DoFn):
+    """Blocks pass through, each Table or RecordBatch is a block of its own, and rows (dicts,
+    Rows, NamedTuples) are gathered into blocks of at most ``batch_rows`` within a bundle."""
 
-    for element in elements:
+    def __init__(self, batch_rows: int):
+        self.batch_rows = batch_rows
+
+    def start_bundle(self):
+        self.rows: list[dict] = []
+
+    def process(self, element):
         if isinstance(element, Block):
             yield element
         elif isinstance(element, (pa.Table, pa.RecordBatch)):
             if element.num_rows:
-                yield block(element if isinstance(element, pa.Table) else pa.Table.from_batches([element]))
+                yield _named_block(element if isinstance(element, pa.Table) else pa.Table.from_batches([element]))
         else:
-            rows.append(_as_dict(element))
-    if rows:
-        yield block(pa.Table.from_pylist(rows))
+            self.rows.append(_as_dict(element))
+            if len(self.rows) >= self.batch_rows:
+                yield _named_block(pa.Table.from_pylist(self.rows))
+                self.rows = []
+
+    def finish_bundle(self):
+        if self.rows:  # batch inputs: the global window
+            yield WindowedValue(_named_block(pa.Table.from_pylist(self.rows)), MIN_TIMESTAMP, [GlobalWindow()])
+            self.rows = []
 
 
 class ToBlocks(beam.PTransform):
@@ -112,11 +127,7 @@ class ToBlocks(beam.PTransform):
         self.batch_rows = batch_rows
 
     def expand(self, elements):
-        return (
-            elements
-            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_rows)
-            | "Blocks" >> beam.FlatMap(_element_blocks)
-        )
+        return elements | "Blocks" >> beam.ParDo(_ToBlocks(self.batch_rows))
 
 
 class _Read(beam.PTransform):
