@@ -16,6 +16,8 @@ import hashlib
 import json
 import posixpath
 
+import pyarrow as pa
+
 from beamvec.index import fs
 
 FORMAT = "beamvec.index"
@@ -58,6 +60,11 @@ class Manifest:
     @property
     def num_rows(self) -> int:
         return sum(p.rows for p in self.partitions)
+
+    @property
+    def id_arrow_type(self) -> pa.DataType:
+        """The items' ids as an Arrow type: int64, or string."""
+        return pa.int64() if self.id_type == "int64" else pa.string()
 
     def to_json(self) -> dict:
         return {

@@ -179,6 +179,7 @@ def beam_suite(num_items: int, dimension: int, num_queries: int, min_rows: int, 
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from beamvec.pipelines import jobs
+    from beamvec.transforms import BuildSettings
 
     options = PipelineOptions(list(beam_args))
     items = synthetic.make_items(num_items, dimension, seed)
@@ -194,7 +195,7 @@ def beam_suite(num_items: int, dimension: int, num_queries: int, min_rows: int, 
             f.write("\n".join(synthetic.random_predicates(num_queries, seed + 1)))
         start = time.perf_counter()
         counts = jobs.build(f"{work}/items-*.parquet", f"{work}/index", options, f"{work}/workload.txt",
-                            jobs.BuildSettings("workload", min_rows, max_rows, seed=seed))
+                            BuildSettings("workload", min_rows, max_rows, seed=seed))
         figures["build_seconds"] = time.perf_counter() - start
         log(f"beamvec build: {figures['build_seconds']:.1f} s, {counts}")
         start = time.perf_counter()

@@ -27,6 +27,7 @@ from beamvec.index.columns import masks_of
 from beamvec.index.plan import plan_from_json, rows_scanned
 from beamvec.index.schema import validate_items
 from beamvec.pipelines import jobs
+from beamvec.transforms import BuildSettings
 
 RELATED_TEMPLATE = "category = {category} AND id != {id}"
 
@@ -76,7 +77,7 @@ def run(num_items: int = 50_000, num_queries: int = 5_000, dimension: int = 64, 
     log(f"generated {raw.num_rows} items ({dimension}-d) and {num_queries + 2} queries in {work}")
 
     index_dir = f"{work}/index"
-    settings = jobs.BuildSettings("workload", max(500, num_items // 40), max(2_000, num_items // 8), seed=seed)
+    settings = BuildSettings("workload", max(500, num_items // 40), max(2_000, num_items // 8), seed=seed)
     start = time.perf_counter()
     counts = jobs.build(f"{work}/items-*.parquet", index_dir, options, f"{work}/workload.txt", settings)
     build_seconds = time.perf_counter() - start

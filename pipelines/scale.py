@@ -59,12 +59,13 @@ def run_job(job: str, work: str, num_items: int, seed: int = 0) -> dict:
     from scann.scann_ops.py import scann_ops_pybind  # noqa: F401  (loads TensorFlow)
 
     from beamvec.pipelines import jobs
+    from beamvec.transforms import BuildSettings
 
     options = PipelineOptions([])
     start = time.perf_counter()
     out: dict = {}
     if job == "build":
-        settings = jobs.BuildSettings("workload", *partition_rows(num_items), seed=seed)
+        settings = BuildSettings("workload", *partition_rows(num_items), seed=seed)
         jobs.build(f"{work}/items-*.parquet", f"{work}/index", options, f"{work}/workload.txt", settings)
     elif job == "query":
         out["queries_answered"] = jobs.query(f"{work}/index", f"{work}/queries.parquet", f"{work}/out", options).get(

@@ -114,10 +114,9 @@ def router_of(index_path: str, manifest: Manifest) -> tuple[Router, pa.Schema]:
     with _LOCK:
         if key not in _ROUTERS:
             rows = [read_rows(index_path, manifest, o) for o in range(len(manifest.partitions))]
-            schema = rows[0].schema if rows else pa.schema([("id", pa.int64() if manifest.id_type == "int64"
-                                                                  else pa.string())])
+            schema = rows[0].schema if rows else pa.schema([("id", manifest.id_arrow_type)])
             _ROUTERS.clear()
-            _ROUTERS[key] = (Router(plan_from_json(manifest.plan or {"kind": "single"}),
+            _ROUTERS[key] = (Router(plan_from_json(manifest.plan),
                                     [p.id for p in manifest.partitions], ZoneMaps([Columns(t) for t in rows])), schema)
         return _ROUTERS[key]
 
@@ -266,8 +265,7 @@ class _Merge(_WithIndex):
             ids[found] = names[order[np.searchsorted(known[order], handles[found])]]
         self.answered.inc(n)
         self.progress.add(n)
-        id_type = pa.int64() if manifest.id_type == "int64" else pa.string()
-        yield results_table(validated.table.column(QUERY_ID), pa.array(ids.reshape(-1).tolist(), id_type),
+        yield results_table(validated.table.column(QUERY_ID), pa.array(ids.reshape(-1).tolist(), manifest.id_arrow_type),
                             exact.finish(keys, manifest.metric), np.minimum((handles >= 0).sum(axis=1), ks))
 
 

@@ -15,10 +15,11 @@ from beamvec.index.columns import masks_of
 from beamvec.index.querylog import read_workload
 from beamvec.index.schema import validate_items
 from beamvec.pipelines import jobs
+from beamvec.transforms import BuildSettings
 from beamvec.pipelines.demo import _with_bad_queries, _with_bad_rows
 
 DIM = 16
-SETTINGS = jobs.BuildSettings("workload", min_partition_rows=300, max_partition_rows=1500)
+SETTINGS = BuildSettings("workload", min_partition_rows=300, max_partition_rows=1500)
 
 
 def read(pattern):
