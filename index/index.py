@@ -19,15 +19,15 @@ import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
 from beamvec.index import exact, fs
-from beamvec.index.columns import Columns
 from beamvec.index.manifest import Manifest, PartitionEntry, check_relative_path, checksum, partition_id
 from beamvec.index.plan import PartitionPlan, SinglePlan, plan_from_json
 from beamvec.index.predicate import MATCH_ALL, Predicate
-from beamvec.index.search import ROW_SPACE, Router, group_queries, load_shard, merge_partial, partial_of, shard_groups
+from beamvec.index.search import (
+    ROW_SPACE, IndexRows, Router, group_queries, load_shard, merge_partial, plan_shard, run_shard,
+)
 from beamvec.index.shard import Shard, clear_predicate_caches
 from beamvec.index.shardspec import SearchParams
 from beamvec.index.stats import SearchStats
-from beamvec.index.zones import ZoneMaps
 
 if TYPE_CHECKING:
     from beamvec.index.querylog import QueryLog
@@ -130,7 +130,7 @@ class Index:
         self.plan = plan_from_json(manifest.plan)
         self._entry = {p.id: i for i, p in enumerate(manifest.partitions)}
         self._validated: set[Predicate] = set()
-        self._zones: ZoneMaps | None = None
+        self._rows: IndexRows | None = None
         self._router: Router | None = None
 
     @classmethod
@@ -159,8 +159,8 @@ class Index:
         self._validated.clear()
         self.plan.clear_caches()
         clear_predicate_caches()
-        if self._zones is not None:
-            self._zones.forget_predicates()
+        if self._rows is not None:
+            self._rows.forget_predicates()
         for shard in self._shards.values():
             shard.clear_caches()
 
@@ -195,13 +195,13 @@ class Index:
         handles = np.full((n, k), -1, np.int64)
         keys = np.full((n, k), -np.inf, np.float32)
 
-        def search_shard(t: int):
+        def start(t: int):
             """Plan a shard's search (runs and masks: Python, so on this thread) and start it."""
-            _, members, shard = tasks[t]
-            plan = shard.plan_groups(k, shard_groups(queries, members), params, self.stats)
+            ordinal, members, shard = tasks[t]
+            planned = plan_shard(shard, ordinal, queries, members, k, params)
             if pool is None:
-                return shard.execute(prepared[members], k, plan)
-            return pool.submit(shard.execute, prepared[members], k, plan, False)
+                return run_shard(planned, prepared[members], k)
+            return pool.submit(run_shard, planned, prepared[members], k, False)
 
         # One BLAS thread always: products are per shard and small, and their sums then add
         # up in the same order whatever the number of workers, so scores agree to the bit.
@@ -210,15 +210,15 @@ class Index:
             pool = stack.enter_context(ThreadPoolExecutor(self.workers)) if self.workers > 1 else None
             if pool is not None:  # largest first, each planned while the workers search the ones before it
                 by_cost = sorted(range(len(tasks)), key=lambda t: -len(tasks[t][1]) * tasks[t][2].num_rows)
-                futures = {t: search_shard(t) for t in by_cost}
+                futures = {t: start(t) for t in by_cost}
                 results = (futures[t].result() for t in range(len(tasks)))  # merged in partition order
             else:
-                results = map(search_shard, range(len(tasks)))
-            for (ordinal, members, _), result in zip(tasks, results):
-                self.stats.add(result.stats)
+                results = map(start, range(len(tasks)))
+            for (_, members, _), (partial, stats) in zip(tasks, results):
+                self.stats.add(stats)
                 self.partitions_searched += len(members)
                 with self.stats.timed("merge"):
-                    merge_partial(handles, keys, partial_of(ordinal, members, result))
+                    merge_partial(handles, keys, partial)
         return self._ids(handles), exact.finish(keys, self.metric)
 
     def _validate(self, predicates: list[Predicate]) -> None:
@@ -233,24 +233,21 @@ class Index:
                     self._validated.clear()
                 self._validated.add(p)
 
-    def zones(self) -> ZoneMaps:
-        """Zone maps of every shard (loading them all on first use), for routing by the data.
-
-        The shards' attribute rows are then laid end to end, in partition order, and encoded
-        once (:meth:`Shard.share_columns`), so each predicate compiles once for all shards."""
-        if self._zones is None:
+    def rows(self) -> IndexRows:
+        """Every shard's rows, laid end to end and encoded once (loading the shards on first use),
+        the shards sharing them (:class:`beamvec.index.search.IndexRows`): each predicate then
+        compiles once for all shards, and their zone maps route."""
+        if self._rows is None:
             shards = [self.shard(o) for o in range(len(self.manifest.partitions))]
-            if shards:
-                columns = Columns(pa.concat_tables([s.attributes for s in shards]))
-                for shard, start in zip(shards, np.cumsum([0] + [s.num_rows for s in shards[:-1]]).tolist()):
-                    shard.share_columns(columns, start)
-            self._zones = ZoneMaps([s.columns for s in shards])
-        return self._zones
+            self._rows = IndexRows([s.attributes for s in shards])
+            for ordinal, shard in enumerate(shards):
+                self._rows.share(shard, ordinal)
+        return self._rows
 
     def router(self) -> Router:
-        """Routes queries to shards by the shards' zone maps (see :meth:`zones`) within the plan's probes."""
+        """Routes queries to shards by the shards' zone maps (see :meth:`rows`) within the plan's probes."""
         if self._router is None:
-            self._router = Router(self.plan, [p.id for p in self.manifest.partitions], self.zones())
+            self._router = Router(self.plan, [p.id for p in self.manifest.partitions], self.rows().zones)
         return self._router
 
     def _ids(self, handles: np.ndarray) -> np.ndarray:

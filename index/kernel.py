@@ -15,6 +15,7 @@ matrix, each with a row of validity. uint64 values are shifted by -2**63 (order 
 
 from __future__ import annotations
 
+import threading
 from typing import NamedTuple
 
 import numba
@@ -41,9 +42,18 @@ class Layout:
         self.int_nulls = np.zeros(0, np.bool_)  # per row: whether the column has a null
         self.float_nulls = np.zeros(0, np.bool_)
         self._slots: dict[str, tuple[bool, int, int]] = {}
+        self._lock = threading.Lock()
 
     def slot(self, name: str, column) -> tuple[bool, int, int]:
-        """(whether a float row, its row, the shift added to its values) of the encoded ``column``."""
+        """(whether a float row, its row, the shift added to its values) of the encoded ``column``.
+        Safe from several threads (a worker's threads share an index's columns)."""
+        found = self._slots.get(name)
+        if found is not None:
+            return found
+        with self._lock:
+            return self._add(name, column)
+
+    def _add(self, name: str, column) -> tuple[bool, int, int]:
         found = self._slots.get(name)
         if found is None:
             valid = np.ones(self.num_rows, np.bool_) if column.valid is None else column.valid

@@ -10,14 +10,16 @@ of queries), so both give the same neighbours and scores for the same queries:
 3. :class:`Router`: the shards each query must visit: those whose rows can match its
    predicate (zone maps, :mod:`beamvec.index.zones`), among the partitions a vector-space
    plan probes for it;
-4. :func:`shard_groups`, then :meth:`Shard.plan_groups` and :meth:`Shard.execute`: one
+4. :func:`plan_shard` (Python-bound: one thread) then :func:`run_shard` (on a pool): one
    shard searched once for all the queries routed to it, grouped by predicate in the
-   order of their first query (the cost model prices a group by its size, so a shard
-   must see the same queries in the same order on every path), giving a :class:`Partial`;
+   order of their first query (:func:`shard_groups`; the cost model prices a group by its
+   size, so a shard must see the same queries in the same order on every path), giving a
+   :class:`Partial`;
 5. :func:`merge_partial`: each shard's partial merged into the running top-k, in
    partition order, by handle (partition ordinal * :data:`ROW_SPACE` + row).
 
-Shards load with their checksum and row count checked (:func:`load_shard`).
+Shards load with their checksum and row count checked (:func:`load_shard`), and share
+their index's rows encoded once (:class:`IndexRows`), so each predicate compiles once per batch.
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from beamvec.index import exact, fs
+from beamvec.index.columns import Columns
 from beamvec.index.manifest import Manifest, ManifestError, check_relative_path, checksum, partition_id
 from beamvec.index.plan import PartitionPlan
 from beamvec.index.predicate import Predicate, PredicateError
-from beamvec.index.shard import Shard, ShardResult, group_predicates
+from beamvec.index.shard import GroupPlan, Shard, ShardResult, group_predicates
 from beamvec.index.shardfile import ROWS
 from beamvec.index.shardspec import SearchParams
 from beamvec.index.stats import SearchStats
@@ -87,6 +90,31 @@ def shard_groups(queries: Queries, members: np.ndarray) -> dict[Predicate, np.nd
     return {distinct[ordered[a]]: order[a:b] for a, b in spans}
 
 
+class IndexRows:
+    """An index's rows (ids and attributes), its shards' laid end to end in manifest order and
+    encoded once, with zone maps over each shard's (``zones``, what a :class:`Router` reads). A
+    shard that :meth:`share` s them evaluates its predicates over its own rows of these columns,
+    so a batch compiles each predicate once for all shards, not once per shard."""
+
+    def __init__(self, tables: Sequence[pa.Table], schema: pa.Schema | None = None):
+        """``tables``: each shard's rows, in manifest order; ``schema``: theirs when there are none."""
+        sizes = [t.num_rows for t in tables]
+        self.schema = tables[0].schema if tables else schema
+        self.columns = Columns(pa.concat_tables(tables) if tables else None, 0)
+        self.starts = np.cumsum([0] + sizes[:-1]).tolist() if tables else []
+        self.zones = ZoneMaps([self.columns.segment(a, a + n) for a, n in zip(self.starts, sizes)])
+
+    def share(self, shard: Shard, ordinal: int) -> Shard:
+        """``shard`` (partition ``ordinal``), made to evaluate predicates over its rows of these columns."""
+        shard.share_columns(self.columns, self.starts[ordinal])
+        return shard
+
+    def forget_predicates(self) -> None:
+        """Forget the compiled predicates and the zone maps' judgements (the encoded columns stay)."""
+        self.columns.forget_programs()
+        self.zones.forget_predicates()
+
+
 class Router:
     """Which shards each query of a batch must visit: of the partitions ``plan`` probes for it
     (all of them unless the plan routes by vector), those whose rows can match its predicate
@@ -129,18 +157,42 @@ def partial_of(ordinal: int, members: np.ndarray, result: ShardResult) -> Partia
     return Partial(ordinal, members, np.where(result.rows >= 0, ordinal * ROW_SPACE + result.rows, -1), result.keys)
 
 
+class ShardSearch(NamedTuple):
+    """One shard's search for the queries ``members`` of a batch, planned (:func:`plan_shard`)."""
+
+    shard: Shard
+    ordinal: int
+    members: np.ndarray
+    plan: GroupPlan
+    stats: SearchStats
+
+
+def plan_shard(shard: Shard, ordinal: int, queries: Queries, members: np.ndarray, k: int,
+               params: SearchParams | None = None) -> ShardSearch:
+    """Plan shard ``ordinal``'s search for the queries ``members`` (ascending) of a batch: each
+    group's run of matching rows, its strategy and its masks. This is the Python-bound part, so
+    a caller plans its shards on one thread and runs them (:func:`run_shard`) on many."""
+    stats = SearchStats()
+    return ShardSearch(shard, ordinal, members, shard.plan_groups(k, shard_groups(queries, members), params, stats),
+                       stats)
+
+
+def run_shard(search: ShardSearch, prepared: np.ndarray, k: int, parallel: bool = True) -> tuple[Partial, SearchStats]:
+    """Run a planned search; ``prepared``: the member queries' vectors, as :func:`beamvec.index.exact.prepare`
+    gives them. Callers hold BLAS at one thread (``threadpool_limits(1, "blas")``): products are
+    then summed in the same order on every path, and scores agree to the bit."""
+    result = search.shard.execute(prepared, k, search.plan, parallel)
+    result.stats.add(search.stats)
+    return partial_of(search.ordinal, search.members, result), result.stats
+
+
 def search_shard(shard: Shard, ordinal: int, queries: Queries, members: np.ndarray, prepared: np.ndarray, k: int,
                  params: SearchParams | None = None, parallel: bool = True) -> tuple[Partial, SearchStats]:
-    """Search one shard for the queries ``members`` of a batch (``prepared``: their vectors, as
-    :func:`beamvec.index.exact.prepare` gives them), with one BLAS thread as :meth:`Index.search` does."""
+    """:func:`plan_shard` then :func:`run_shard`, with one BLAS thread."""
     from threadpoolctl import threadpool_limits
 
-    stats = SearchStats()
     with threadpool_limits(1, "blas"):
-        plan = shard.plan_groups(k, shard_groups(queries, members), params, stats)
-        result = shard.execute(prepared, k, plan, parallel)
-    result.stats.add(stats)
-    return partial_of(ordinal, members, result), result.stats
+        return run_shard(plan_shard(shard, ordinal, queries, members, k, params), prepared, k, parallel)
 
 
 def merge_partial(handles: np.ndarray, keys: np.ndarray, partial: Partial) -> None:

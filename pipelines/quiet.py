@@ -35,10 +35,17 @@ def configure(verbose: bool) -> None:
     _filter_native_logs()
 
 
+_FILTERING = threading.Event()
+
+
 def _filter_native_logs() -> None:
     """Route this process's stderr (fd 2, which C++ libraries write to directly) through a filter that
-    drops their log lines and passes everything else. Child processes (Beam's workers) inherit it.
-    At exit the filter drains, so a traceback printed last is never lost."""
+    drops their log lines and passes everything else (once per process: later commands in it reuse
+    the filter). Child processes (Beam's workers) inherit it. At exit the filter drains, so a
+    traceback printed last is never lost."""
+    if _FILTERING.is_set():
+        return
+    _FILTERING.set()
     sys.stderr.flush()
     original = os.dup(2)
     read, write = os.pipe()

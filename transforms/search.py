@@ -34,7 +34,6 @@ from apache_beam.utils.windowed_value import WindowedValue
 from threadpoolctl import threadpool_limits
 
 from beamvec.index import exact
-from beamvec.index.columns import Columns
 from beamvec.index.index import usable_cpus
 from beamvec.index.manifest import Manifest
 from beamvec.index.plan import plan_from_json
@@ -44,10 +43,10 @@ from beamvec.index.schema import (
     vectors_array,
 )
 from beamvec.index.search import (
-    ROW_SPACE, Partial, Router, check_predicates, group_queries, load_shard, merge_partial, read_rows, search_shard,
+    ROW_SPACE, IndexRows, Partial, Router, check_predicates, group_queries, load_shard, merge_partial, plan_shard,
+    read_rows, run_shard,
 )
 from beamvec.index.shard import Shard
-from beamvec.index.zones import ZoneMaps
 from beamvec.transforms.io import ToBlocks, absolute
 from beamvec.transforms.progress import Progress
 from beamvec.transforms.validate import REJECTED, Validate, dead_letters
@@ -68,13 +67,19 @@ class QueryBlock:
     ks: np.ndarray
 
 
-@dataclasses.dataclass(frozen=True)
-class BlockPartial:
+class BlockQueries(NamedTuple):
+    """What merging a block's partials needs of the block: its query ids and each query's k."""
+
+    query_ids: pa.Array
+    ks: np.ndarray
+
+
+class BlockPartial(NamedTuple):
     """One shard's top-k for some queries of a block (:class:`beamvec.index.search.Partial`), with
-    the ids of its handles (None where there is none)."""
+    the ids of its handles, flattened row-major (null where there is none)."""
 
     partial: Partial
-    ids: np.ndarray
+    ids: pa.Array
 
 
 def _block_key(validated: Validated) -> tuple[str, int]:
@@ -87,7 +92,7 @@ def _query_k(table: pa.Table, default_k: int) -> np.ndarray:
     return np.asarray(table.column(K).fill_null(default_k).to_numpy(zero_copy_only=False), np.int64)
 
 
-_ROUTERS: dict[tuple, tuple[Router, pa.Schema]] = {}
+_ROUTERS: dict[tuple, tuple[Router, IndexRows]] = {}
 _SHARDS: collections.OrderedDict = collections.OrderedDict()
 _LOCK = threading.Lock()
 
@@ -104,32 +109,42 @@ class _WithIndex(beam.DoFn):
         return self._manifests[index_path]
 
 
+def forget_loaded_indexes() -> None:
+    """Drop the routers and shards this process keeps between bundles and jobs (they load again
+    when next needed): frees their memory in a long-lived process, and makes the next job pay
+    for loading as a fresh worker does."""
+    with _LOCK:
+        _ROUTERS.clear()
+        _SHARDS.clear()
+
+
 def _manifest_key(index_path: str, manifest: Manifest) -> tuple:
     return index_path, tuple(p.checksum for p in manifest.partitions)
 
 
-def router_of(index_path: str, manifest: Manifest) -> tuple[Router, pa.Schema]:
-    """The index's router (zone maps over every shard's rows) and attribute schema, once per worker."""
+def router_of(index_path: str, manifest: Manifest) -> tuple[Router, IndexRows]:
+    """The index's router (zone maps over every shard's rows) and its rows
+    (:class:`beamvec.index.search.IndexRows`, which the shards share), once per worker."""
     key = _manifest_key(index_path, manifest)
     with _LOCK:
         if key not in _ROUTERS:
-            rows = [read_rows(index_path, manifest, o) for o in range(len(manifest.partitions))]
-            schema = rows[0].schema if rows else pa.schema([("id", manifest.id_arrow_type)])
+            rows = IndexRows([read_rows(index_path, manifest, o) for o in range(len(manifest.partitions))],
+                             pa.schema([("id", manifest.id_arrow_type)]))
             _ROUTERS.clear()
-            _ROUTERS[key] = (Router(plan_from_json(manifest.plan),
-                                    [p.id for p in manifest.partitions], ZoneMaps([Columns(t) for t in rows])), schema)
+            _ROUTERS[key] = (Router(plan_from_json(manifest.plan), [p.id for p in manifest.partitions], rows.zones),
+                             rows)
         return _ROUTERS[key]
 
 
 def shard_of(index_path: str, manifest: Manifest, ordinal: int, max_shards: int) -> Shard:
     """Shard ``ordinal``, loaded and checked (:func:`beamvec.index.search.load_shard`) once per worker
-    process and kept (LRU, ``max_shards``)."""
+    process and kept (LRU, ``max_shards``), sharing the index's encoded rows as :meth:`Index.rows` does."""
     key = (*_manifest_key(index_path, manifest), ordinal)
     with _LOCK:
         if key in _SHARDS:
             _SHARDS.move_to_end(key)
             return _SHARDS[key]
-    shard = load_shard(index_path, manifest, ordinal)
+    shard = router_of(index_path, manifest)[1].share(load_shard(index_path, manifest, ordinal), ordinal)
     with _LOCK:
         _SHARDS[key] = shard
         while len(_SHARDS) > max_shards:
@@ -144,12 +159,12 @@ class _Route(_WithIndex):
         self.rejected = Metrics.counter("beamvec", "queries_rejected")
 
     def process(self, validated: Validated, index_path: str):
-        router, schema = router_of(index_path, self.manifest(index_path))
+        router, rows = router_of(index_path, self.manifest(index_path))
         n = validated.table.num_rows
         predicates = validated.table.column(PREDICATE).to_pylist() if PREDICATE in validated.table.column_names \
             else [None] * n
         queries = group_queries(predicates)
-        bad = check_predicates(queries.distinct, schema)
+        bad = check_predicates(queries.distinct, rows.schema)
         if bad:
             failing = np.isin(queries.group_of, list(bad))
             self.rejected.inc(int(failing.sum()))
@@ -167,8 +182,9 @@ class _Route(_WithIndex):
             predicates = [predicates[i] for i in keep]
             queries = group_queries(predicates)
         key = _block_key(validated)
-        yield beam.pvalue.TaggedOutput("blocks", (key, validated))
         ks = _query_k(validated.table, self.k)
+        query_ids = validated.table.column(QUERY_ID).combine_chunks()
+        yield beam.pvalue.TaggedOutput("blocks", (key, BlockQueries(query_ids, ks)))
         for ordinal, members in router.route(queries, validated.vectors):
             self.routed.inc(len(members))
             yield ordinal, QueryBlock(key, members, validated.vectors[members], [predicates[i] for i in members],
@@ -178,9 +194,10 @@ class _Route(_WithIndex):
 class _Search(_WithIndex):
     """All the queries routed to one shard, searched together as :meth:`Index.search` searches it.
 
-    The shards of a bundle are searched on a pool of threads (one per CPU, each with ScaNN on
-    one thread and one-thread BLAS, as :meth:`Index.search` does: the same answers to the bit);
-    their partials leave when the bundle finishes."""
+    A bundle's shards are taken largest first; each is loaded and planned on the DoFn's thread
+    (:func:`beamvec.index.search.plan_shard`) and run on a pool of threads, one per CPU, while the
+    next is planned (ScaNN on one thread and one-thread BLAS, as :meth:`Index.search` does: the
+    same answers to the bit). Their partials leave when the bundle finishes."""
 
     def __init__(self, max_shards: int):
         self.max_shards = max_shards
@@ -194,44 +211,47 @@ class _Search(_WithIndex):
         self.pool.shutdown()
 
     def start_bundle(self):
-        self.pending: list = []
-        self.limits = None
+        self.pending: list[tuple[int, list[QueryBlock]]] = []
+        self.index_path = None
 
     def process(self, element, index_path: str) -> None:
         ordinal, blocks = element
-        manifest = self.manifest(index_path)
-        shard = shard_of(index_path, manifest, ordinal, self.max_shards)
-        if self.limits is None:  # held while any search runs: each one's own limit then restores to one
-            self.limits = threadpool_limits(1, "blas")
-        self.pending.append(self.pool.submit(_search_blocks, shard, ordinal, sorted(blocks, key=lambda b: b.block),
-                                             manifest.metric, self.workers == 1))
+        self.index_path = index_path
+        self.pending.append((ordinal, sorted(blocks, key=lambda b: b.block)))
 
     def finish_bundle(self):
-        try:
-            for future in self.pending:
-                for key, partial in future.result():
-                    yield WindowedValue((key, partial), MIN_TIMESTAMP, [GlobalWindow()])
-        finally:
-            self.pending = []
-            if self.limits is not None:
-                self.limits.restore_original_limits()
+        if not self.pending:
+            return
+        manifest = self.manifest(self.index_path)
+        rows = [p.rows for p in manifest.partitions]
+        tasks = sorted(self.pending, key=lambda t: -sum(len(b.positions) for b in t[1]) * rows[t[0]])
+        self.pending = []
+        with threadpool_limits(1, "blas"):  # held while any search runs: each one's own limit then restores to one
+            started = [(ordinal, blocks, self._start(manifest, ordinal, blocks)) for ordinal, blocks in tasks]
+            for ordinal, blocks, (shard, future) in started:
+                partial, _ = future.result()
+                for key, block_partial in _per_block(shard, blocks, partial):
+                    yield WindowedValue((key, block_partial), MIN_TIMESTAMP, [GlobalWindow()])
+
+    def _start(self, manifest: Manifest, ordinal: int, blocks: list[QueryBlock]):
+        """Load and plan shard ``ordinal``'s search for ``blocks`` (in block order) as one batch, and start it."""
+        shard = shard_of(self.index_path, manifest, ordinal, self.max_shards)
+        vectors = np.concatenate([b.vectors for b in blocks])
+        queries = group_queries([p for b in blocks for p in b.predicates])
+        k = int(max(int(b.ks.max()) for b in blocks))
+        planned = plan_shard(shard, ordinal, queries, np.arange(len(vectors)), k)
+        return shard, self.pool.submit(run_shard, planned, exact.prepare(vectors, manifest.metric), k,
+                                       self.workers == 1)
 
 
-def _search_blocks(shard: Shard, ordinal: int, blocks: list[QueryBlock], metric: str,
-                   parallel: bool) -> list[tuple[tuple[str, int], BlockPartial]]:
-    """One shard searched for the queries of ``blocks`` (in block order), as one batch; its top-k back per block."""
-    vectors = np.concatenate([b.vectors for b in blocks])
-    queries = group_queries([p for b in blocks for p in b.predicates])
-    k = int(max(int(b.ks.max()) for b in blocks))
-    partial, _ = search_shard(shard, ordinal, queries, np.arange(len(vectors)), exact.prepare(vectors, metric), k,
-                              parallel=parallel)
-    rows = np.where(partial.handles >= 0, partial.handles % ROW_SPACE, -1)
-    ids = np.asarray(shard.ids_of(rows).to_pylist(), object).reshape(rows.shape)
+def _per_block(shard: Shard, blocks: list[QueryBlock], partial: Partial) -> list[tuple[tuple[str, int], BlockPartial]]:
+    """A shard's top-k for the queries of ``blocks`` (searched as one batch, in block order), back per block."""
     out, start = [], 0
     for b in blocks:
         stop = start + len(b.positions)
-        out.append((b.block, BlockPartial(Partial(ordinal, b.positions, partial.handles[start:stop],
-                                                  partial.keys[start:stop]), ids[start:stop])))
+        handles = partial.handles[start:stop]
+        ids = shard.ids_of(np.where(handles >= 0, handles % ROW_SPACE, -1))
+        out.append((b.block, BlockPartial(Partial(partial.ordinal, b.positions, handles, partial.keys[start:stop]), ids)))
         start = stop
     return out
 
@@ -248,25 +268,30 @@ class _Merge(_WithIndex):
     def process(self, element, index_path: str):
         _, values = element
         manifest = self.manifest(index_path)
-        validated = next(v for v in values if isinstance(v, Validated))
+        block = next(v for v in values if isinstance(v, BlockQueries))
         partials = sorted((v for v in values if isinstance(v, BlockPartial)), key=lambda p: p.partial.ordinal)
-        n = validated.table.num_rows
-        ks = _query_k(validated.table, self.k)
-        handles = np.full((n, int(ks.max())), -1, np.int64)
+        n = len(block.query_ids)
+        handles = np.full((n, int(block.ks.max())), -1, np.int64)
         keys = np.full(handles.shape, -np.inf, np.float32)
         for p in partials:
             merge_partial(handles, keys, p.partial)
-        ids = np.full(handles.shape, None, object)
-        if partials:
-            known = np.concatenate([p.partial.handles.reshape(-1) for p in partials])
-            names = np.concatenate([p.ids.reshape(-1) for p in partials])
-            order = np.argsort(known, kind="stable")
-            found = handles >= 0
-            ids[found] = names[order[np.searchsorted(known[order], handles[found])]]
         self.answered.inc(n)
         self.progress.add(n)
-        yield results_table(validated.table.column(QUERY_ID), pa.array(ids.reshape(-1).tolist(), manifest.id_arrow_type),
-                            exact.finish(keys, manifest.metric), np.minimum((handles >= 0).sum(axis=1), ks))
+        yield results_table(block.query_ids, _ids_of(handles, partials, manifest.id_arrow_type),
+                            exact.finish(keys, manifest.metric), np.minimum((handles >= 0).sum(axis=1), block.ks))
+
+
+def _ids_of(handles: np.ndarray, partials: list[BlockPartial], id_type: pa.DataType) -> pa.Array:
+    """The ids of merged ``handles``, flattened row-major (null where none), looked up in the partials'."""
+    flat = handles.reshape(-1)
+    if not partials:
+        return pa.nulls(len(flat), id_type)
+    known = np.concatenate([p.partial.handles.reshape(-1) for p in partials])
+    order = np.argsort(known, kind="stable")
+    where = np.full(len(flat), -1, np.int64)
+    found = flat >= 0
+    where[found] = order[np.searchsorted(known[order], flat[found])]
+    return pa.concat_arrays([p.ids for p in partials]).take(pa.array(where, mask=where < 0))
 
 
 class SearchResult(NamedTuple):

@@ -63,3 +63,27 @@ def test_a_program_must_leave_one_value():
     b.constant(False)
     with pytest.raises(ValueError, match="leaves 2"):
         b.build()
+
+
+def test_columns_added_from_many_threads_each_keep_their_own_row():
+    """A worker's threads share an index's columns: slots added at once must not overwrite each other."""
+    import threading
+
+    n, names = 4096, [f"c{i}" for i in range(64)]
+    layout = kernel.Layout(n)
+    start = threading.Barrier(8)
+
+    def add(mine: list[str]) -> None:
+        start.wait()
+        for name in mine:
+            layout.slot(name, Column("integer", np.full(n, int(name[1:]), np.int64), None))
+
+    threads = [threading.Thread(target=add, args=(names[t::8],)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for name in names:
+        _, row, _ = layout.slot(name, None)
+        assert (layout.ints[row] == int(name[1:])).all(), name
+    assert len(layout.ints) == len(names)

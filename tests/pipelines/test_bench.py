@@ -11,9 +11,12 @@ from beamvec.pipelines import compare
 
 
 def _learnt(obj) -> int:
-    """Entries of ``obj``'s dict and set attributes that are keyed by a predicate (its caches)."""
-    return sum(len(v) for v in vars(obj).values()
-               if isinstance(v, (dict, set)) and any(isinstance(key, Predicate) for key in v))
+    """Entries of ``obj``'s dict and set attributes that are keyed by a predicate, or by a tuple that
+    starts with one (its caches)."""
+    def by_predicate(key) -> bool:
+        return isinstance(key, Predicate) or (isinstance(key, tuple) and bool(key) and isinstance(key[0], Predicate))
+
+    return sum(len(v) for v in vars(obj).values() if isinstance(v, (dict, set)) and any(map(by_predicate, v)))
 
 
 def _cached(index) -> dict[str, int]:
@@ -22,7 +25,8 @@ def _cached(index) -> dict[str, int]:
     shards = list(index._shards.values())
     held = [v for s in shards for v in vars(s).values() if hasattr(v, "__dict__") and not callable(v)]
     parses = parser_module.parse_shared
-    return {"index": sum(_learnt(o) for o in (index, index.plan, getattr(index, "_zones", None)) if o is not None),
+    rows = (index._rows.zones, index._rows.columns) if index._rows is not None else ()
+    return {"index": sum(_learnt(o) for o in (index, index.plan, *rows)),
             "shards": sum(_learnt(o) for o in shards + held),
             "parses": parses.cache_info().currsize}
 
@@ -202,3 +206,14 @@ def test_scale_point_runs_each_job_in_its_own_process():
     for job in ("build", "query", "global_scann"):
         assert point[f"{job}_peak_mib"] > 0
     assert scale.markdown(point).count("|") == scale.HEADER.splitlines()[0].count("|")
+
+
+def test_beam_suite_answers_as_in_process_search_does_on_every_round():
+    from beamvec.pipelines import bench
+
+    lines = []
+    figures = bench.beam_suite(4000, 16, 300, 500, 2000, repeats=2, log=lines.append)
+    assert figures["identical_share"] == 1.0
+    assert figures["beam_recall"] == figures["search_recall"] > 0.9
+    assert any("per round:" in line and "median" in line for line in lines)
+    assert figures["query_seconds"] > 0 and figures["fresh_load_and_search_seconds"] > 0
