@@ -5,8 +5,11 @@ needs (:class:`Calibration`)."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.machinery
+import importlib.util
 import math
 import re
+import sys
 
 import numpy as np
 
@@ -23,7 +26,19 @@ CALIBRATION_K = 10
 
 
 def scann():
-    """ScaNN's Python bindings, imported on first use (importing them loads TensorFlow)."""
+    """ScaNN's Python bindings, imported on first use, without TensorFlow.
+
+    ``import scann`` also imports TensorFlow, for ScaNN's TensorFlow ops, which beamvec does not
+    use: seconds in every process (each Beam worker, each command). Unless the process has
+    imported ScaNN already, its package is registered without running its ``__init__``; its
+    submodules (the bindings, the builder) import as usual."""
+    if "scann" not in sys.modules:
+        spec = importlib.util.find_spec("scann")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("beamvec needs ScaNN: pip install scann")
+        package = importlib.util.module_from_spec(importlib.machinery.ModuleSpec("scann", None, is_package=True))
+        package.__path__ = list(spec.submodule_search_locations)
+        sys.modules.setdefault("scann", package)
     from scann.scann_ops.py import scann_ops_pybind
 
     return scann_ops_pybind

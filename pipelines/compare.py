@@ -438,8 +438,9 @@ def profile_text(method: str, profile: dict[str, float]) -> str:
 def global_scann(vectors: np.ndarray):
     """One ScaNN searcher over all ``vectors`` (dot product), configured as ScaNN recommends:
     a tree of about sqrt(n) leaves, anisotropic AH (threshold 0.2), exact re-ordering."""
-    from scann.scann_ops.py import scann_ops_pybind as sp
+    from beamvec.index.shardspec import scann
 
+    sp = scann()
     n = len(vectors)
     leaves = max(2, round(math.sqrt(n)))
     return (sp.builder(vectors, 10, "dot_product").tree(leaves, 1, training_sample_size=min(n, 100_000))

@@ -1,5 +1,6 @@
 """What the command line shows: beamvec's own progress and results; the native libraries' log
-lines (ScaNN's absl logging, TensorFlow's C++ logging) and Beam's INFO chatter only with ``--verbose``."""
+lines (ScaNN's absl logging, TensorFlow's C++ logging) and Beam's INFO chatter (its worker
+processes' too) only with ``--verbose``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,12 @@ import threading
 # ("2026-12-02 03:12:52.298227: I external/...") and absl's notice that it is not initialised.
 NATIVE_LOG = re.compile(rb"^(?:[IWEF]\d{4} [\d:.]+ +\d+ [^\]]+\] |\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWE] "
                         rb"|WARNING: All log messages before absl::InitializeLog\(\) is called)")
+# Beam's own Python log lines in worker processes (logging's default format: "INFO:name:message"):
+# its INFO chatter, and three warnings every worker prints that say nothing about the job.
+BEAM_CHATTER = re.compile(rb"^(?:(?:INFO|DEBUG):(?!beamvec\.)[\w.]+:|WARNING:[\w.]+:(?:apitools not found"
+                          rb"|No semi_persistent_directory found|Discarding unparseable args))")
+# beamvec's progress as a worker process logs it, shown as the command's own lines are.
+WORKER_PROGRESS = b"INFO:beamvec.progress:"
 
 
 def configure(verbose: bool) -> None:
@@ -55,8 +62,8 @@ def _filter_native_logs() -> None:
     def pump() -> None:
         with os.fdopen(read, "rb") as source:
             for line in source:
-                if not NATIVE_LOG.match(line):
-                    os.write(original, line)
+                if not (NATIVE_LOG.match(line) or BEAM_CHATTER.match(line)):
+                    os.write(original, line.removeprefix(WORKER_PROGRESS))
 
     thread = threading.Thread(target=pump, name="beamvec-stderr-filter", daemon=True)
     thread.start()

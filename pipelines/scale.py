@@ -52,15 +52,16 @@ def partition_rows(num_items: int) -> tuple[int, int]:
 def run_job(job: str, work: str, num_items: int, seed: int = 0) -> dict:
     """One job in this process: its seconds and this process's peak memory.
 
-    Libraries (Beam, ScaNN and the TensorFlow it loads) are imported before the
-    clock starts, for every job alike: a one-off cost of the process, not of the work.
+    Libraries (Beam, ScaNN) are imported before the clock starts, for every job alike: a
+    one-off cost of the process, not of the work.
     """
     from apache_beam.options.pipeline_options import PipelineOptions
-    from scann.scann_ops.py import scann_ops_pybind  # noqa: F401  (loads TensorFlow)
 
+    from beamvec.index.shardspec import scann
     from beamvec.pipelines import jobs
     from beamvec.transforms import BuildSettings
 
+    scann()
     options = PipelineOptions([])
     start = time.perf_counter()
     out: dict = {}

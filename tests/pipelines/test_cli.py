@@ -46,6 +46,18 @@ def build(files, output, *extra):
                           capture_output=True, text=True, timeout=600)
 
 
+def test_worker_processes_are_quiet_too_and_their_progress_shows(files):
+    done = subprocess.run([sys.executable, "-m", "beamvec.pipelines.cli", "build", "--items", str(files / "items.parquet"),
+                           "--output", str(files / "workers"), "--shard-spec", "Brute",
+                           "--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "items: read 6,000 = indexed 6,000 + rejected 0" in done.stdout
+    lines = done.stderr.splitlines()
+    assert any(line.startswith("shards built: ") for line in lines), done.stderr
+    assert [line for line in lines if cli.quiet.BEAM_CHATTER.match(line.encode()) or line.startswith("INFO:")] == []
+
+
 def test_build_with_defaults_falls_back_to_hash_and_native_logs_show_only_when_verbose(files):
     quiet, verbose = build(files, "quiet"), build(files, "verbose", "--verbose")
     assert quiet.returncode == 0 and verbose.returncode == 0, quiet.stderr + verbose.stderr
