@@ -171,8 +171,9 @@ def partition_suite(num_items: int, dimension: int, num_queries: int, min_rows: 
 
 def beam_suite(num_items: int, dimension: int, num_queries: int, min_rows: int, max_rows: int, k: int = 10,
                repeats: int = 3, seed: int = 0, beam_args: Sequence[str] = (),
-               log: Callable[[str], None] = print) -> dict:
-    """``beamvec build`` and ``beamvec query`` on a Beam runner, beside ``Index.search`` in-process.
+               log: Callable[[str], None] = print, generator: str = "catalog") -> dict:
+    """``beamvec build`` (with the ``generator``'s workload log) and ``beamvec query`` on a Beam
+    runner, beside ``Index.search`` in-process.
 
     The query job and a fresh in-process search that opens the index and loads its shards run
     ``repeats`` times, interleaved; the figures are medians. Each job starts with no shard loaded
@@ -189,9 +190,8 @@ def beam_suite(num_items: int, dimension: int, num_queries: int, min_rows: int, 
     from beamvec.transforms.search import forget_loaded_indexes
 
     options = PipelineOptions(list(beam_args))
-    items = synthetic.make_items(num_items, dimension, seed)
-    predicates = synthetic.random_predicates(num_queries, seed)
-    queries = synthetic.make_queries(num_queries, dimension, seed, predicates=predicates)
+    items, queries, workload = synthetic.generate(generator, num_items, dimension, num_queries, seed)
+    predicates = queries.column("predicate").to_pylist()
     vectors = queries.column("vector").combine_chunks().values.to_numpy().reshape(-1, dimension)
     figures = {}
     times: dict[str, list[float]] = {"query": [], "fresh_load_and_search": [], "fresh_search": []}
@@ -200,10 +200,9 @@ def beam_suite(num_items: int, dimension: int, num_queries: int, min_rows: int, 
         for part, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
             pq.write_table(items.slice(lo, hi - lo), f"{work}/items-{part}.parquet")
         pq.write_table(queries, f"{work}/queries.parquet")
-        with open(f"{work}/workload.txt", "w") as f:
-            f.write("\n".join(synthetic.random_predicates(num_queries, seed + 1)))
+        pq.write_table(workload, f"{work}/workload.parquet")
         start = time.perf_counter()
-        counts = jobs.build(f"{work}/items-*.parquet", f"{work}/index", options, f"{work}/workload.txt",
+        counts = jobs.build(f"{work}/items-*.parquet", f"{work}/index", options, f"{work}/workload.parquet",
                             BuildSettings("workload", min_rows, max_rows, seed=seed))
         figures["build_seconds"] = time.perf_counter() - start
         log(f"beamvec build: {figures['build_seconds']:.1f} s, {counts}")
@@ -231,9 +230,9 @@ def beam_suite(num_items: int, dimension: int, num_queries: int, min_rows: int, 
     masks = masks_of(valid.table, predicates)
     truth, _ = exact.search(valid.vectors, vectors, k, "dot_product", [masks[p] for p in predicates])
     by_query = {r["query_id"]: r["neighbors"] for r in results.to_pylist()}
-    beam_ids = np.array([([n["id"] for n in by_query[q]] + [-1] * k)[:k] for q in range(num_queries)])
-    beam_scores = np.array([([n["score"] for n in by_query[q]] + [np.nan] * k)[:k] for q in range(num_queries)],
-                           np.float32)
+    order = queries.column("query_id").to_pylist()
+    beam_ids = np.array([([n["id"] for n in by_query[q]] + [-1] * k)[:k] for q in order])
+    beam_scores = np.array([([n["score"] for n in by_query[q]] + [np.nan] * k)[:k] for q in order], np.float32)
     figures["beam_recall"] = float(exact.recall(beam_ids, truth).mean())
     figures["search_recall"] = float(exact.recall(ids, truth).mean())
     same = (beam_ids == ids).all(axis=1) & ((beam_scores == scores) | (np.isnan(beam_scores) & np.isnan(scores))).all(axis=1)

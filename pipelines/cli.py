@@ -62,7 +62,8 @@ def _bench(args: argparse.Namespace, extra: list[str]) -> int:
                                 args.repeats, args.seed, log=log)
     elif args.suite == "beam":
         bench.beam_suite(args.num_items, args.dimension, args.num_queries, args.min_partition_rows,
-                         args.max_partition_rows, args.k, args.repeats, args.seed, extra, log=log)
+                         args.max_partition_rows, args.k, args.repeats, args.seed, extra, log=log,
+                         generator=args.generator)
     else:
         print(bench.PARTITION_HEADER, flush=True)
         bench.partition_suite(args.num_items, args.dimension, args.num_queries, args.min_partition_rows,
