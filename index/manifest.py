@@ -48,6 +48,10 @@ class Manifest:
     "selective_queries", "target"}``, recall@k of the index with default search
     parameters on held-out workload-log queries, overall and on the most selective
     10% of them, and the build's recall target.
+
+    ``model`` (optional): the identity of the model that embedded the items
+    (:class:`beamvec.index.encoder.ModelIdentity` as JSON: name, dimension, checksum); text
+    queries must be embedded by the same model.
     """
 
     metric: str
@@ -56,6 +60,7 @@ class Manifest:
     partitions: tuple[PartitionEntry, ...]
     plan: dict | None = None
     heldout_recall: dict | None = None
+    model: dict | None = None
 
     @property
     def num_rows(self) -> int:
@@ -76,6 +81,7 @@ class Manifest:
             "plan": self.plan,
             "partitions": [dataclasses.asdict(p) for p in self.partitions],
             **({"heldout_recall": self.heldout_recall} if self.heldout_recall is not None else {}),
+            **({"model": self.model} if self.model is not None else {}),
         }
 
     @classmethod
@@ -90,8 +96,11 @@ class Manifest:
             heldout = obj.get("heldout_recall")
             if heldout is not None and not isinstance(heldout, dict):
                 raise TypeError(f"heldout_recall must be an object, got {type(heldout).__name__}")
+            model = obj.get("model")
+            if model is not None and not isinstance(model, dict):
+                raise TypeError(f"model must be an object, got {type(model).__name__}")
             manifest = cls(str(obj["metric"]), int(obj["dimension"]), str(obj["id_type"]), partitions, obj.get("plan"),
-                           heldout)
+                           heldout, model)
         except (KeyError, TypeError, ValueError) as e:
             raise ManifestError(f"malformed manifest: {e}") from e
         seen = set()

@@ -249,3 +249,55 @@ def beam_suite(num_items: int, dimension: int, num_queries: int, min_rows: int, 
     log(f"recall@{k}: beamvec query {figures['beam_recall']:.4f}, Index.search {figures['search_recall']:.4f}; "
         f"queries with identical neighbours and scores on both paths: {figures['identical_share']:.2%}")
     return figures
+
+
+def embed_suite(items: str, num_items: int, models: Sequence[str], batch_size: int, seed: int = 0,
+                beam_args: Sequence[str] = (), log: Callable[[str], None] = print) -> list[dict]:
+    """``beamvec embed`` (a Beam job: read Parquet, RunInference, write Parquet) on the ``text`` column
+    of ``items``, for each of ``models``: texts per second of the whole job and this process's peak
+    memory; where ``items`` also holds reference vectors (``vector``, as the docstrings set does),
+    the cosine similarity of each embedding with its reference. ``num_items`` texts drawn at random
+    (``seed``; all of them when 0 or more than there are)."""
+    import glob
+    import resource
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beamvec.pipelines import jobs
+
+    table = pq.read_table(items)
+    if 0 < num_items < table.num_rows:
+        table = table.take(np.sort(np.random.default_rng(seed).choice(table.num_rows, num_items, replace=False)))
+    table = table.append_column("__row", pa.array(np.arange(table.num_rows)))
+    reference = None
+    if "vector" in table.column_names:
+        values = table.column("vector").combine_chunks()
+        reference = np.asarray(values.values.to_numpy(zero_copy_only=False), np.float32).reshape(table.num_rows, -1)
+        table = table.drop_columns(["vector"])
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="beamvec-bench-embed-") as work:
+        pq.write_table(table, f"{work}/texts.parquet")
+        for model in models:
+            start = time.perf_counter()
+            counts = jobs.embed(f"{work}/texts.parquet", "text", f"{work}/{len(rows)}", PipelineOptions(list(beam_args)),
+                                model, batch_size)
+            seconds = time.perf_counter() - start
+            row = {"model": model, "texts": table.num_rows, "seconds": seconds, "texts_per_second": table.num_rows / seconds,
+                   "batch_size": batch_size, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                   "counts": counts}
+            if reference is not None:
+                out = pa.concat_tables([pq.read_table(f) for f in glob.glob(f"{work}/{len(rows)}/embedded-*.parquet")])
+                got = out.column("vector").combine_chunks().values.to_numpy().reshape(out.num_rows, -1)
+                want = reference[out.column("__row").to_numpy()]
+                cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+                row.update(cos_min=float(cos.min()), cos_p1=float(np.percentile(cos, 1)), cos_median=float(np.median(cos)),
+                           share_at_least_0999=float((cos >= 0.999).mean()))
+            rows.append(row)
+            log(f"{model}: {row['texts']:,} texts in {seconds:.1f} s, {row['texts_per_second']:.1f} texts/s "
+                f"(batch {batch_size}; peak RSS so far {row['peak_rss_mib']:,.0f} MiB); {counts}")
+            if reference is not None:
+                log(f"  cosine with the reference vectors: min {row['cos_min']:.5f}, 1st percentile {row['cos_p1']:.5f}, "
+                    f"median {row['cos_median']:.5f}; rows >= 0.999: {row['share_at_least_0999']:.2%}")
+    return rows

@@ -44,7 +44,11 @@ def _bench(args: argparse.Namespace, extra: list[str]) -> int:
     from beamvec.pipelines import bench
 
     items = args.items or (", ".join(f"{n:,}" for n in args.sizes) if args.suite == "scale" else f"{args.num_items:,}")
-    print(f"beamvec bench {args.suite}: {items} items x {args.dimension}-d, {args.num_queries} queries", flush=True)
+    if args.suite == "embed":
+        texts = f"{args.num_items:,}" if args.num_items else "all"
+        print(f"beamvec bench embed: {texts} texts of {args.items}, models {', '.join(args.models)}", flush=True)
+    else:
+        print(f"beamvec bench {args.suite}: {items} items x {args.dimension}-d, {args.num_queries} queries", flush=True)
     log = lambda line: print(line, flush=True)  # noqa: E731
     if args.suite == "compare":
         from beamvec.pipelines import compare
@@ -60,6 +64,11 @@ def _bench(args: argparse.Namespace, extra: list[str]) -> int:
         print(bench.SELECTIVITY_HEADER, flush=True)
         bench.selectivity_suite(args.num_items, args.dimension, args.num_queries, args.selectivities, args.k,
                                 args.repeats, args.seed, log=log)
+    elif args.suite == "embed":
+        if not args.items:
+            raise SystemExit("beamvec bench --suite embed: give --items, Parquet with a text column (and the "
+                             "reference vectors, as ../shared/data/docstrings/base.parquet has)")
+        bench.embed_suite(args.items, args.num_items, args.models, args.batch_size, args.seed, extra, log=log)
     elif args.suite == "beam":
         bench.beam_suite(args.num_items, args.dimension, args.num_queries, args.min_partition_rows,
                          args.max_partition_rows, args.k, args.repeats, args.seed, extra, log=log,
@@ -92,15 +101,20 @@ def _print_counts(counts: dict[str, int]) -> None:
     for name in sorted(counts):
         print(f"{name}: {counts[name]:,}")
     lines = []
+    # Rows embedded first are read by the embedding stage; its rejections count with the stage after it.
+    read = counts.get("embed_read")
+    embed_rejected = counts.get("embed_rejected", 0)
     if "items_indexed" in counts:  # build
-        lines.append(("items", "indexed", counts.get("items_read", 0), counts["items_indexed"],
-                      counts.get("items_rejected", 0)))
+        lines.append(("items", "indexed", read if read is not None else counts.get("items_read", 0),
+                      counts["items_indexed"], counts.get("items_rejected", 0) + embed_rejected))
     elif "items_read" in counts:  # related: one query per item
         lines.append(("items", "answered", counts["items_read"], counts.get("queries_answered", 0),
                       counts.get("items_rejected", 0) + counts.get("queries_rejected", 0)))
-    if "queries_read" in counts:  # query
-        lines.append(("queries", "answered", counts["queries_read"], counts.get("queries_answered", 0),
-                      counts.get("queries_rejected", 0)))
+    elif "queries_read" in counts:  # query
+        lines.append(("queries", "answered", read if read is not None else counts["queries_read"],
+                      counts.get("queries_answered", 0), counts.get("queries_rejected", 0) + embed_rejected))
+    elif read is not None:  # embed
+        lines.append(("rows", "embedded", read, counts.get("embedded", 0), embed_rejected))
     for kind, what, read, done, rejected in lines:
         print(f"{kind}: read {read:,} = {what} {done:,} + rejected {rejected:,}"
               + ("" if read == done + rejected else "  (these do not add up: please report it)"))
@@ -116,7 +130,8 @@ def _build(args: argparse.Namespace, extra: list[str]) -> int:
                                  args.sample_rows, args.seed, args.recall_target, args.shard_spec).checked()
     except ValueError as e:
         raise SystemExit(f"beamvec build: {e}") from None
-    _print_counts(jobs.build(args.items, args.output, beam_options(extra), args.workload, settings))
+    _print_counts(jobs.build(args.items, args.output, beam_options(extra), args.workload, settings,
+                             embed_column=args.embed_column, model=args.model))
     print(heldout_line(Manifest.read(args.output).heldout_recall, settings.recall_target))
     return 0
 
@@ -133,7 +148,33 @@ def heldout_line(recall: dict | None, target: float) -> str:
 def _query(args: argparse.Namespace, extra: list[str]) -> int:
     from beamvec.pipelines import jobs
 
-    _print_counts(jobs.query(args.index, args.queries, args.output, beam_options(extra), args.k))
+    from beamvec.index.encoder import ModelError
+
+    try:
+        counts = jobs.query(args.index, args.queries, args.output, beam_options(extra), args.k,
+                            args.query_text_column, args.model)
+    except ModelError as e:
+        raise SystemExit(f"beamvec query: {e}") from None
+    _print_counts(counts)
+    return 0
+
+
+def _embed(args: argparse.Namespace, extra: list[str]) -> int:
+    from beamvec.pipelines import jobs
+
+    _print_counts(jobs.embed(args.input, args.column, args.output, beam_options(extra), args.model,
+                             args.batch_size))
+    return 0
+
+
+def _model_export(args: argparse.Namespace, extra: list[str]) -> int:
+    from beamvec.index import encoder
+
+    if args.name != encoder.BUILTIN:
+        raise SystemExit(f"beamvec model export: the built-in model is {encoder.BUILTIN!r}, not {args.name!r}")
+    card = encoder.export(args.output, args.precision)
+    print(f"{card['name']} ({card['dimension']}-d, {card['precision']}) written to {args.output}; "
+          f"identity {card['identity']['checksum'][:12]}")
     return 0
 
 
@@ -177,13 +218,36 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--recall-target", type=float, default=0.95,
                        help="recall@10 each shard calibrates its search for")
+    build.add_argument("--embed-column", help="the items carry no vectors: embed them from this text column")
+    build.add_argument("--model", default="all-MiniLM-L6-v2", help="with --embed-column: all-MiniLM-L6-v2 "
+                       "(built in), all-MiniLM-L6-v2:bfloat16, or a SavedModel / .keras path")
     build.set_defaults(run=_build)
     query = sub.add_parser("query", help="answer a file of hybrid queries (a Beam job; Beam options pass through)")
     query.add_argument("--index", required=True)
     query.add_argument("--queries", required=True, help="queries Parquet: query_id, vector, predicate, k")
     query.add_argument("--output", required=True, help="directory for results-*.parquet and rejected-*.parquet")
     query.add_argument("--k", type=_positive, default=10, help="neighbours per query without a k of its own")
+    query.add_argument("--query-text-column", help="the queries carry texts, not vectors: embed this column "
+                       "with the index's model")
+    query.add_argument("--model", help="with --query-text-column: the model to embed with (must be the index's; "
+                       "default: the one the index records)")
     query.set_defaults(run=_query)
+    embed = sub.add_parser("embed", help="add a vector column embedded from a text column (a Beam job)")
+    embed.add_argument("--input", required=True, help="Parquet file or glob")
+    embed.add_argument("--column", default="text", help="the text column (or a list column of numeric features)")
+    embed.add_argument("--output", required=True, help="directory for embedded-*.parquet and rejected-*.parquet")
+    embed.add_argument("--model", default="all-MiniLM-L6-v2", help="all-MiniLM-L6-v2 (built in), "
+                       "all-MiniLM-L6-v2:bfloat16, or a SavedModel / .keras path")
+    embed.add_argument("--batch-size", type=_positive, default=64, help="texts per inference batch")
+    embed.set_defaults(run=_embed)
+    model = sub.add_parser("model", help="the built-in model")
+    model_sub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    export = model_sub.add_parser("export", help="write all-MiniLM-L6-v2 as a SavedModel with a JSON card")
+    export.add_argument("name", help="all-MiniLM-L6-v2")
+    export.add_argument("--output", required=True, help="directory (any filesystem TensorFlow writes: gs://...)")
+    export.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                        help="the matrix products' precision (bfloat16: faster on CPUs with bfloat16 instructions)")
+    export.set_defaults(run=_model_export)
     related = sub.add_parser("related", help="each item's k most similar items under a predicate template")
     related.add_argument("--index", required=True)
     related.add_argument("--items", required=True)
@@ -209,7 +273,11 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
     bench = sub.add_parser("bench", help="measure recall and throughput side by side")
-    bench.add_argument("--suite", choices=["compare", "scale", "selectivity", "partitions", "beam"], default="compare")
+    bench.add_argument("--suite", choices=["compare", "scale", "selectivity", "partitions", "beam", "embed"],
+                       default="compare")
+    bench.add_argument("--models", nargs="+", default=["all-MiniLM-L6-v2", "all-MiniLM-L6-v2:bfloat16"],
+                       help="embed: the models to time")
+    bench.add_argument("--batch-size", type=int, default=64, help="embed: texts per inference batch")
     bench.add_argument("--items", help="items Parquet (default: generated)")
     bench.add_argument("--queries", help="queries Parquet (default with --items: drawn from the items, filtered on their own values)")
     bench.add_argument("--workload", help="workload log (predicates, optionally vectors) for the workload partitioner "

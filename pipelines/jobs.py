@@ -11,10 +11,12 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from beamvec.index import encoder
 from beamvec.index.querylog import read_workload
-from beamvec.transforms import BuildIndex, BuildSettings, HybridSearch, ReadItems, ReadQueries, RelatedItems, \
+from beamvec.transforms import BuildIndex, BuildSettings, Embed, HybridSearch, ReadItems, ReadQueries, RelatedItems, \
     WriteTables
-from beamvec.transforms.io import read_dimension
+from beamvec.transforms.embed import DEFAULT_BATCH_SIZE
+from beamvec.transforms.io import ReadTables, read_dimension
 from beamvec.transforms.validate import DEAD_LETTER_SCHEMA
 
 
@@ -33,22 +35,25 @@ def _run(pipeline: beam.Pipeline) -> dict[str, int]:
 
 
 def build(items: str, index: str, options: PipelineOptions, workload: str | None = None,
-          settings: BuildSettings = BuildSettings(), log=print) -> dict[str, int]:
+          settings: BuildSettings = BuildSettings(), log=print, embed_column: str | None = None,
+          model: str = encoder.BUILTIN) -> dict[str, int]:
     """Build an index from items Parquet at ``items`` into directory ``index``; returns the counts.
 
     The plan is fitted on every predicate of the ``workload`` log. When the log carries
     query vectors, the shards calibrate on its calibration part and the manifest records
     the recall reached on its held-out part (``heldout_recall``); the counts then include
-    ``workload_vectors_dropped`` when the log held unusable vectors.
+    ``workload_vectors_dropped`` when the log held unusable vectors. With ``embed_column``, the
+    items' vectors are embedded from that column by ``model`` in the same job.
     """
-    dimension = read_dimension(items)
+    dimension = read_dimension(items) if embed_column is None else encoder.identity(model).dimension
     workload_log = read_workload(workload, dimension)
     p = beam.Pipeline(options=options)
-    built = p | "ReadItems" >> ReadItems(items) | "BuildIndex" >> BuildIndex(
+    built = p | "ReadItems" >> ReadItems(items, embed_column=embed_column) | "BuildIndex" >> BuildIndex(
         index, workload=workload_log, partitioner=settings.partitioner, metric=settings.metric,
         shard_spec=settings.shard_spec, recall_target=settings.recall_target,
         min_partition_rows=settings.min_partition_rows, max_partition_rows=settings.max_partition_rows,
-        sample_rows=settings.sample_rows, dimension=dimension, seed=settings.seed, log=log)
+        sample_rows=settings.sample_rows, dimension=dimension, seed=settings.seed, embed_column=embed_column,
+        model=model, log=log)
     built.rejected | "WriteRejected" >> WriteTables(f"{index}/rejected/items", DEAD_LETTER_SCHEMA)
     counts = _run(p)
     if workload_log.dropped:
@@ -56,10 +61,14 @@ def build(items: str, index: str, options: PipelineOptions, workload: str | None
     return counts
 
 
-def query(index: str, queries: str, output: str, options: PipelineOptions, k: int = 10) -> dict[str, int]:
-    """Answer the queries Parquet at ``queries`` against ``index``; results and dead letters under ``output``."""
+def query(index: str, queries: str, output: str, options: PipelineOptions, k: int = 10,
+          query_text_column: str | None = None, model: str | None = None) -> dict[str, int]:
+    """Answer the queries Parquet at ``queries`` against ``index``; results and dead letters under ``output``.
+    With ``query_text_column``, the queries' texts are embedded by the index's model (``model``, when
+    given, must be that model)."""
     p = beam.Pipeline(options=options)
-    found = p | "ReadQueries" >> ReadQueries(queries) | "HybridSearch" >> HybridSearch(index, k)
+    found = p | "ReadQueries" >> ReadQueries(queries, embed_column=query_text_column) | "HybridSearch" >> HybridSearch(
+        index, k, query_text_column=query_text_column, model=model)
     found.results | "WriteResults" >> WriteTables(f"{output}/results")
     found.rejected | "WriteRejected" >> WriteTables(f"{output}/rejected", DEAD_LETTER_SCHEMA)
     return _run(p)
@@ -70,5 +79,17 @@ def related(index: str, items: str, template: str, output: str, options: Pipelin
     p = beam.Pipeline(options=options)
     found = p | "ReadItems" >> ReadItems(items) | "RelatedItems" >> RelatedItems(index, template, k)
     found.results | "WriteResults" >> WriteTables(f"{output}/results")
+    found.rejected | "WriteRejected" >> WriteTables(f"{output}/rejected", DEAD_LETTER_SCHEMA)
+    return _run(p)
+
+
+def embed(items: str, column: str, output: str, options: PipelineOptions, model: str = encoder.BUILTIN,
+          batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, int]:
+    """The rows of the Parquet at ``items`` with a ``vector`` column embedded from ``column`` by ``model``,
+    as ``output/embedded-*.parquet``; rows set aside as ``output/rejected-*.parquet``."""
+    p = beam.Pipeline(options=options)
+    found = p | "Read" >> ReadTables(items) | "Embed" >> Embed(model, column, batch_size=batch_size)
+    found.embedded | "Tables" >> beam.Map(lambda block: block.table) | "WriteEmbedded" >> WriteTables(
+        f"{output}/embedded")
     found.rejected | "WriteRejected" >> WriteTables(f"{output}/rejected", DEAD_LETTER_SCHEMA)
     return _run(p)

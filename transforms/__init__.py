@@ -11,6 +11,8 @@
 
 * :class:`ReadItems`, :class:`ReadQueries`: Parquet files (any Beam filesystem), or a PCollection of
   dicts, ``beam.Row`` s, NamedTuples or Arrow tables, as Arrow blocks.
+* :class:`Embed`: a text (or features) column -> a vector column, on Beam's RunInference with
+  TensorFlow (the built-in all-MiniLM-L6-v2, or your SavedModel / Keras model).
 * :class:`BuildIndex`: items -> an index directory (:class:`BuildResult`: ``index``, ``rejected``).
 * :class:`HybridSearch`: queries -> each one's k nearest items under its predicate
   (:class:`SearchResult`: ``results``, ``rejected``); :class:`RelatedItems`: items -> their k
@@ -29,11 +31,12 @@ Beam's FileSystems.
 
 from beamvec.transforms import filesystem
 from beamvec.transforms.build import BuildIndex, BuildResult, BuildSettings
+from beamvec.transforms.embed import Embed, EmbedResult
 from beamvec.transforms.io import Block, ReadItems, ReadQueries, WriteTables
 from beamvec.transforms.search import AsNeighbors, HybridSearch, Neighbors, RelatedItems, SearchResult
 from beamvec.transforms.validate import DEAD_LETTER_SCHEMA
 
 filesystem.register()
 
-__all__ = ["AsNeighbors", "Block", "BuildIndex", "BuildResult", "BuildSettings", "DEAD_LETTER_SCHEMA",
-           "HybridSearch", "Neighbors", "ReadItems", "ReadQueries", "RelatedItems", "SearchResult", "WriteTables"]
+__all__ = ["AsNeighbors", "Block", "BuildIndex", "BuildResult", "BuildSettings", "DEAD_LETTER_SCHEMA", "Embed",
+           "EmbedResult", "HybridSearch", "Neighbors", "ReadItems", "ReadQueries", "RelatedItems", "SearchResult", "WriteTables"]

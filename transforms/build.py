@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
-from beamvec.index import exact, querylog
+from beamvec.index import encoder, exact, querylog
 from beamvec.index.hashing import id_hashes
 from beamvec.index.index import id_type_name, write_shard
 from beamvec.index.manifest import Manifest, PartitionEntry, partition_id
@@ -36,6 +36,7 @@ from beamvec.index.querylog import QueryLog, read_workload
 from beamvec.index.schema import ID, VECTOR, Validated, validate_items, vectors_array
 from beamvec.index.shard import Shard
 from beamvec.index.shardspec import ShardConfig
+from beamvec.transforms.embed import DEFAULT_BATCH_SIZE, Embed
 from beamvec.transforms.io import Block, ToBlocks, absolute
 from beamvec.transforms.progress import Progress
 from beamvec.transforms.validate import REJECTED, Validate, dead_letters
@@ -269,9 +270,9 @@ def _summarize(partials: list, parts: tuple, target: float | None) -> dict | Non
 
 
 def _write_manifest(entries: list[PartitionEntry], plan_json: dict, shape: Shape, heldout_recall: dict | None,
-                    index_path: str, metric: str) -> str:
+                    index_path: str, metric: str, model: dict | None) -> str:
     manifest = Manifest(metric, shape.dimension, id_type_name(pa.array([], shape.id_type)),
-                        tuple(sorted(entries, key=lambda e: e.id)), plan_json, heldout_recall)
+                        tuple(sorted(entries, key=lambda e: e.id)), plan_json, heldout_recall, model)
     manifest.write(index_path)
     return index_path
 
@@ -302,6 +303,10 @@ class BuildIndex(beam.PTransform):
     calibrate on them and the manifest records the recall measured on a held-out part. The workload
     partitioner needs a workload; without one the build falls back to ``hash`` and says so.
 
+    ``embed_column``: the items carry no vectors; :class:`Embed` computes them from that column
+    with ``model`` (in batches of ``batch_size``) first, and the manifest records the model's
+    identity, so that text queries are embedded alike (:class:`HybridSearch` ``query_text_column``).
+
     Example::
 
         with beam.Pipeline() as p:
@@ -313,8 +318,11 @@ class BuildIndex(beam.PTransform):
                  partitioner: str = "workload", metric: str = "dot_product", shard_spec: str | None = None,
                  recall_target: float = 0.95, min_partition_rows: int = 10_000, max_partition_rows: int = 100_000,
                  sample_rows: int = 50_000, dimension: int | None = None, seed: int = 0,
+                 embed_column: str | None = None, model: str = encoder.BUILTIN, batch_size: int = DEFAULT_BATCH_SIZE,
                  log: Callable[[str], None] = logging.getLogger(__name__).info):
         super().__init__()
+        self.embed_column, self.model, self.batch_size = embed_column, model, batch_size
+        self.model_identity = encoder.identity(model).to_json() if embed_column is not None else None
         self.settings = BuildSettings(partitioner, min_partition_rows, max_partition_rows, metric, sample_rows, seed,
                                       recall_target, shard_spec).checked()
         self.output, self.dimension = absolute(output), dimension
@@ -328,6 +336,10 @@ class BuildIndex(beam.PTransform):
     def expand(self, items):
         s, log = self.settings, self.workload
         blocks = items | "AsBlocks" >> ToBlocks()
+        embedded_rejected = ()
+        if self.embed_column is not None:
+            embedded = blocks | "Embed" >> Embed(self.model, self.embed_column, batch_size=self.batch_size)
+            blocks, embedded_rejected = embedded.embedded, (embedded.rejected,)
         sample = blocks | "Sample" >> SampleRows(s.sample_rows)
         shape = sample | "Shape" >> beam.Map(_shape, self.dimension)
         total = blocks | "Count" >> beam.Map(lambda b: b.table.num_rows) | "Total" >> beam.CombineGlobally(sum)
@@ -346,6 +358,6 @@ class BuildIndex(beam.PTransform):
         index = (built.entries | "Entries" >> beam.combiners.ToList()
                  | "WriteManifest" >> beam.Map(_write_manifest, beam.pvalue.AsSingleton(plan),
                                                beam.pvalue.AsSingleton(shape), beam.pvalue.AsSingleton(recall),
-                                               self.output, s.metric))
-        rejected = (checked[REJECTED], built[REJECTED]) | "Rejected" >> beam.Flatten()
+                                               self.output, s.metric, self.model_identity))
+        rejected = (*embedded_rejected, checked[REJECTED], built[REJECTED]) | "Rejected" >> beam.Flatten()
         return BuildResult(index, rejected)

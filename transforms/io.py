@@ -133,12 +133,15 @@ class ToBlocks(beam.PTransform):
 class _Read(beam.PTransform):
     _columns: tuple[str, ...] = ()
 
-    def __init__(self, pattern: str | None = None, batch_rows: int = DEFAULT_BATCH_ROWS):
+    def __init__(self, pattern: str | None = None, batch_rows: int = DEFAULT_BATCH_ROWS, *,
+                 embed_column: str | None = None):
         super().__init__()
         self.pattern, self.batch_rows = (None if pattern is None else absolute(pattern)), batch_rows
         if pattern is not None:  # fail at construction, naming what is missing
             schema = read_schema(self.pattern)
-            missing = [c for c in self._columns if c not in schema.names]
+            wanted = self._columns if embed_column is None else (
+                *(c for c in self._columns if c != "vector"), embed_column)
+            missing = [c for c in wanted if c not in schema.names]
             if missing:
                 raise ValueError(f"{pattern}: no column {', '.join(missing)}; columns are {', '.join(schema.names)}")
 
@@ -160,6 +163,7 @@ class ReadItems(_Read):
     ``rows | ReadItems()`` takes what a pipeline already has: dicts, ``beam.Row`` s or NamedTuples
     (``id``, ``vector``, attribute columns), or pyarrow RecordBatches or Tables.
     Rows are checked later, by the transform that uses them (bad rows become dead letters).
+    With ``embed_column``, the files need that column instead of ``vector`` (:class:`Embed` computes it).
     """
 
     _columns = ("id", "vector")

@@ -33,7 +33,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 from threadpoolctl import threadpool_limits
 
-from beamvec.index import exact
+from beamvec.index import encoder, exact
 from beamvec.index.index import usable_cpus
 from beamvec.index.manifest import Manifest
 from beamvec.index.plan import plan_from_json
@@ -47,6 +47,7 @@ from beamvec.index.search import (
     read_rows, run_shard,
 )
 from beamvec.index.shard import Shard
+from beamvec.transforms.embed import DEFAULT_BATCH_SIZE, Embed
 from beamvec.transforms.io import ToBlocks, absolute
 from beamvec.transforms.progress import Progress
 from beamvec.transforms.validate import REJECTED, Validate, dead_letters
@@ -369,7 +370,9 @@ class HybridSearch(beam.PTransform):
     Consumes queries as :class:`ReadQueries` gives them (or anything it reads: dicts, ``beam.Row`` s,
     Arrow tables) with ``query_id``, ``vector``, and optionally ``predicate`` (None: no filter) and
     ``k`` (default ``k``). ``index`` is an index's path, or :class:`BuildIndex`'s ``index`` output to
-    query in the pipeline that builds it. Every query gets a result row (no neighbours when nothing
+    query in the pipeline that builds it. With ``query_text_column``, the queries carry texts, not
+    vectors: :class:`Embed` embeds them with ``model`` (default: the model the index records), and
+    a model whose identity differs from the index's fails the job. Every query gets a result row (no neighbours when nothing
     matches its predicate) or a dead letter with the reason (bad vector, a predicate that does not
     parse or does not fit the index's columns). The neighbours and scores are those
     :meth:`Index.search` gives for the same queries; shards load once per worker (at most
@@ -383,19 +386,55 @@ class HybridSearch(beam.PTransform):
             found.rejected | "Rejected" >> WriteTables("/tmp/out/rejected")
     """
 
-    def __init__(self, index, k: int = 10, max_shards: int = DEFAULT_MAX_SHARDS):
+    def __init__(self, index, k: int = 10, max_shards: int = DEFAULT_MAX_SHARDS, *,
+                 query_text_column: str | None = None, model: str | None = None,
+                 batch_size: int = DEFAULT_BATCH_SIZE):
         super().__init__()
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         self.index, self.k, self.max_shards = index, k, max_shards
+        self.query_text_column, self.batch_size = query_text_column, batch_size
+        self.model, self.identity = model, None
+        if query_text_column is not None:
+            if model is None and not isinstance(index, str):
+                raise ValueError("query_text_column with an index built in this pipeline: give model= (the "
+                                 "model BuildIndex embedded with)")
+            self.model = model or _index_model(absolute(index)).name
+            self.identity = encoder.identity(self.model).to_json()
+            if isinstance(index, str):  # refused now; an index built in the pipeline is checked when it is written
+                _check_model(absolute(index), self.identity)
 
     def expand(self, queries):
         index = as_index(queries.pipeline, self.index, "Index")
         blocks = queries | "AsBlocks" >> ToBlocks()
+        embedded_rejected = ()
+        if self.query_text_column is not None:
+            index = index | "CheckModel" >> beam.Map(_check_model, self.identity)
+            embedded = blocks | "Embed" >> Embed(self.model, self.query_text_column, batch_size=self.batch_size)
+            blocks, embedded_rejected = embedded.embedded, (embedded.rejected,)
         dimension = index | "Dimension" >> beam.Map(_dimension)
         checked = blocks | "Validate" >> Validate("queries", beam.pvalue.AsSingleton(dimension))
         found = checked.valid | "Search" >> _SearchValidated(index, self.k, self.max_shards)
-        return SearchResult(found.results, (checked[REJECTED], found.rejected) | "Rejected" >> beam.Flatten())
+        return SearchResult(found.results,
+                            (*embedded_rejected, checked[REJECTED], found.rejected) | "Rejected" >> beam.Flatten())
+
+
+def _index_model(index_path: str) -> encoder.ModelIdentity:
+    manifest = Manifest.read(index_path)
+    if manifest.model is None:
+        raise encoder.ModelError(f"{index_path}: its items came with vectors, not from a model: text queries need "
+                                 "an index built from text (BuildIndex embed_column / beamvec build --embed-column)")
+    return encoder.ModelIdentity.from_json(manifest.model)
+
+
+def _check_model(index_path: str, identity: dict) -> str:
+    """The index's path, once the model that embeds the queries is the one that embedded its items."""
+    built, given = _index_model(index_path), encoder.ModelIdentity.from_json(identity)
+    if not built.same_model(given):
+        raise encoder.ModelError(f"{index_path} was built with model {built.name} (dimension {built.dimension}, "
+                                 f"checksum {built.checksum[:12]}); the queries would be embedded with {given.name} "
+                                 f"(dimension {given.dimension}, checksum {given.checksum[:12]}): refused")
+    return index_path
 
 
 class _Literals(dict):
