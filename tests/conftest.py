@@ -1,10 +1,13 @@
-"""Shared fixtures: generated data only (tests must pass anywhere)."""
+"""Shared fixtures: generated data, and small committed files under fixtures/ (tests must pass anywhere)."""
 import os
+import pathlib
 import socket
 import subprocess
 import sys
 import time
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -53,3 +56,41 @@ def portable_options(portable_services) -> list[str]:
     job_port, pool_port = portable_services
     return ["--runner=PortableRunner", f"--job_endpoint=localhost:{job_port}", "--environment_type=EXTERNAL",
             f"--environment_config=localhost:{pool_port}"]
+
+
+@pytest.fixture(scope="session")
+def minilm_reference() -> tuple[list[str], np.ndarray]:
+    """``fixtures/minilm_reference.parquet``: 39 texts of the shared docstrings set (the shortest, the
+    longest, some with non-ASCII characters, some at random) and the all-MiniLM-L6-v2 vectors
+    sentence-transformers computed for them (stored as float16)."""
+    table = pq.read_table(pathlib.Path(__file__).parent / "fixtures" / "minilm_reference.parquet")
+    vectors = np.asarray(table.column("vector").combine_chunks().values.to_numpy(zero_copy_only=False),
+                         np.float32).reshape(-1, 384)
+    return table.column("text").to_pylist(), vectors
+
+
+@pytest.fixture(scope="session")
+def save_text_model():
+    """Saves a user's SavedModel at a path: strings -> hashed bag of characters -> ``dimension``-d
+    vectors (with ``ints``, a wrong one: integer ids -> vectors)."""
+    def _save_text_model(path: str, dimension: int = 8, ints: bool = False) -> None:
+        import tensorflow as tf
+
+        class Hashing(tf.Module):
+            def __init__(self):
+                super().__init__()
+                self.table = tf.Variable(np.random.default_rng(0).normal(size=(64, dimension)).astype(np.float32))
+
+            @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+            def texts(self, texts):
+                buckets = tf.strings.to_hash_bucket_fast(tf.strings.unicode_split(texts, "UTF-8"), 64)
+                return tf.reduce_mean(tf.gather(self.table, buckets), axis=1)
+
+            @tf.function(input_signature=[tf.TensorSpec([None], tf.int32)])
+            def ids(self, ids):
+                return tf.gather(self.table, ids % 64)
+
+        module = Hashing()
+        tf.saved_model.save(module, path, signatures={"serving_default": module.ids if ints else module.texts})
+
+    return _save_text_model
