@@ -111,3 +111,26 @@ def test_embed_command_reconciles_its_counts_and_export_writes_a_loadable_model(
     assert encoder.load(str(tmp_path / "m")).identity == encoder.builtin_identity()
     with pytest.raises(SystemExit, match="the built-in model is 'all-MiniLM-L6-v2'"):
         cli.main(["--verbose", "model", "export", "bert", "--output", str(tmp_path / "x")])
+
+
+def test_embed_runs_a_keras_model_on_a_feature_column(tmp_path):
+    import keras
+
+    inputs = keras.Input((4,), dtype="float32")
+    keras.Model(inputs, keras.layers.Dense(3, use_bias=False)(inputs)).save(tmp_path / "features.keras")
+    features = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
+    rows = [list(map(float, f)) for f in features]
+    rows[7] = None
+    pq.write_table(pa.table({"id": pa.array(range(30), pa.int64()), "features": pa.array(rows, pa.list_(pa.float32()))}),
+                   tmp_path / "items.parquet")
+    with beam.Pipeline() as p:
+        found = (p | ReadItems(str(tmp_path / "items.parquet"), embed_column="features")
+                 | Embed(str(tmp_path / "features.keras"), "features", normalize=False, batch_size=8))
+        found.embedded | beam.Map(lambda b: b.table) | "Embedded" >> WriteTables(str(tmp_path / "embedded"))
+        found.rejected | "Rejected" >> WriteTables(str(tmp_path / "rejected"), DEAD_LETTER_SCHEMA)
+    got = read(str(tmp_path / "embedded-*.parquet")).sort_by("id")
+    assert read(str(tmp_path / "rejected-*.parquet")).column("reason").to_pylist() == ["features is null"]
+    keep = [i for i in range(30) if i != 7]
+    assert got.column("id").to_pylist() == keep
+    want = encoder.load(str(tmp_path / "features.keras")).embed(features[keep])
+    assert np.allclose(got.column("vector").combine_chunks().values.to_numpy().reshape(-1, 3), want, atol=1e-6)
