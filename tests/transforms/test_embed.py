@@ -121,6 +121,7 @@ def test_embed_runs_a_keras_model_on_a_feature_column(tmp_path):
     features = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
     rows = [list(map(float, f)) for f in features]
     rows[7] = None
+    rows[20] = rows[20] + [1.0]  # five features: the model fails on this row's whole batch
     pq.write_table(pa.table({"id": pa.array(range(30), pa.int64()), "features": pa.array(rows, pa.list_(pa.float32()))}),
                    tmp_path / "items.parquet")
     with beam.Pipeline() as p:
@@ -129,8 +130,11 @@ def test_embed_runs_a_keras_model_on_a_feature_column(tmp_path):
         found.embedded | beam.Map(lambda b: b.table) | "Embedded" >> WriteTables(str(tmp_path / "embedded"))
         found.rejected | "Rejected" >> WriteTables(str(tmp_path / "rejected"), DEAD_LETTER_SCHEMA)
     got = read(str(tmp_path / "embedded-*.parquet")).sort_by("id")
-    assert read(str(tmp_path / "rejected-*.parquet")).column("reason").to_pylist() == ["features is null"]
-    keep = [i for i in range(30) if i != 7]
-    assert got.column("id").to_pylist() == keep
+    rejected = read(str(tmp_path / "rejected-*.parquet")).sort_by("row")
+    failed = [r["row"] for r in rejected.to_pylist() if r["reason"].startswith("the model failed")]
+    assert [r["reason"] for r in rejected.to_pylist() if r["row"] == 7] == ["features is null"]
+    assert 20 in failed and len(failed) == 8  # the batch of 8 that held row 20
+    keep = [i for i in range(30) if i != 7 and i not in failed]
+    assert got.column("id").to_pylist() == keep and got.num_rows + rejected.num_rows == 30
     want = encoder.load(str(tmp_path / "features.keras")).embed(features[keep])
     assert np.allclose(got.column("vector").combine_chunks().values.to_numpy().reshape(-1, 3), want, atol=1e-6)
