@@ -88,11 +88,17 @@ def builtin_identity(precision: str = "float32") -> ModelIdentity:
                          minilm.DIMENSION, digest.hexdigest())
 
 
+def _builtin_precision(model: str) -> str | None:
+    """The precision a built-in model's name asks for; None for any other model."""
+    return {BUILTIN: "float32", f"{BUILTIN}:bfloat16": "bfloat16"}.get(model)
+
+
 def identity(model: str) -> ModelIdentity:
     """The identity of the model named ``model`` (as :func:`load` names them), without running it
     where its card or the built-in weights say it."""
-    if model in (BUILTIN, f"{BUILTIN}:bfloat16"):
-        return builtin_identity("bfloat16" if model.endswith(":bfloat16") else "float32")
+    precision = _builtin_precision(model)
+    if precision is not None:
+        return builtin_identity(precision)
     if not model.endswith((".keras", ".h5")):
         card = _read_card(model) if _exists(model) else None
         if card is not None:
@@ -127,10 +133,10 @@ def load(model: str) -> Encoder:
     """The model named ``model`` (:data:`BUILTIN`, ``BUILTIN + ":bfloat16"`` for its matrix products
     in bfloat16, or a SavedModel or ``.keras`` path), loaded and checked; ModelError naming what
     was expected when it does not map a batch to vectors."""
-    if model in (BUILTIN, f"{BUILTIN}:bfloat16"):
+    precision = _builtin_precision(model)
+    if precision is not None:
         from beamvec.index import minilm
 
-        precision = "bfloat16" if model.endswith(":bfloat16") else "float32"
         module = minilm.build(precision)
         return Encoder(module.embed, builtin_identity(precision), "text", True, module)
     import tensorflow as tf

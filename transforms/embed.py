@@ -69,21 +69,18 @@ class _Explode(beam.DoFn):
         text = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
         if text:
             length = pc.utf8_length(column).fill_null(0).to_numpy(zero_copy_only=False)
-            usable = length > 0
-            reason = np.where(column.is_null().to_numpy(zero_copy_only=False), f"{self.column} is null",
-                              f"{self.column} is empty")
-            order = np.argsort(length, kind="stable")
+            order = np.argsort(length, kind="stable")  # texts of similar length share a batch
             values = column.to_pylist()
         elif pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type):
-            lengths = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False)
-            usable = lengths > 0
-            reason = np.where(column.is_null().to_numpy(zero_copy_only=False), f"{self.column} is null",
-                              f"{self.column} is empty")
+            length = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False)
             order = np.arange(table.num_rows)
             values = [None if v is None else np.asarray(v, np.float32) for v in column.to_pylist()]
         else:
             raise ValueError(f"{block.source}: column {self.column!r} is {column.type}; embed takes strings, "
                              "or lists of numbers (features)")
+        usable = length > 0
+        reason = np.where(column.is_null().to_numpy(zero_copy_only=False), f"{self.column} is null",
+                          f"{self.column} is empty")
         key = (block.source, block.offset)
         yield beam.pvalue.TaggedOutput("blocks", (key, block))
         bad = np.flatnonzero(~usable)
