@@ -11,6 +11,7 @@ import importlib
 
 _EXPORTS = {
     "Index": "index", "build_index": "index",
+    "Codec": "codec", "CodecError": "codec", "CodecSpec": "codec",
     "PartitionPlan": "plan", "fit_plan": "plan",
     "Manifest": "manifest", "ManifestError": "manifest",
     "Predicate": "predicate", "PredicateError": "predicate", "parse": "parser",

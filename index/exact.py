@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from beamvec.index import selection
+from beamvec.index.codes import CodeMatrix
 from beamvec.index.stats import SearchStats
 
 METRICS = ("dot_product", "cosine", "squared_l2")
@@ -53,11 +54,19 @@ def scores_from_keys(keys: np.ndarray, metric: str) -> np.ndarray:
     return -keys if metric == "squared_l2" else keys
 
 
-def score_matrix(queries: np.ndarray, rows: np.ndarray, metric: str, row_norms: np.ndarray | None = None) -> np.ndarray:
-    """Ranking keys of every query against every row, as one matrix product (n_queries, n_rows)."""
-    keys = queries @ rows.T
+def squared_norms(rows) -> np.ndarray:
+    """Squared norms of float32 rows or of a :class:`beamvec.index.codes.CodeMatrix`'s decoded rows."""
+    return rows.norms() if isinstance(rows, CodeMatrix) else np.einsum("ij,ij->i", rows, rows)
+
+
+def score_matrix(queries: np.ndarray, rows, metric: str, row_norms: np.ndarray | None = None) -> np.ndarray:
+    """Ranking keys of every query against every row, as one matrix product (n_queries, n_rows).
+
+    ``rows`` is a float32 matrix or a :class:`beamvec.index.codes.CodeMatrix` (scored a decoded
+    block at a time)."""
+    keys = rows.dots(queries) if isinstance(rows, CodeMatrix) else queries @ rows.T
     if metric == "squared_l2":
-        norms = row_norms if row_norms is not None else np.einsum("ij,ij->i", rows, rows)
+        norms = row_norms if row_norms is not None else squared_norms(rows)
         # -(|q|^2 - 2 q.r + |r|^2); |q|^2 is kept so keys are true negated distances.
         keys = 2 * keys - norms[None, :] - np.einsum("ij,ij->i", queries, queries)[:, None]
     return keys
@@ -78,7 +87,8 @@ def search_rows(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of ``queries`` among ``vectors[rows]`` (all rows when None).
 
-    ``vectors`` and ``queries`` must already be prepared (see :func:`prepare`).
+    ``vectors`` (float32, or a :class:`beamvec.index.codes.CodeMatrix`) and ``queries`` must
+    already be prepared (see :func:`prepare`; code-space queries for codes).
     All queries are scored against the same rows with one matrix product per
     block of queries. Returns (row positions into ``vectors``, keys); ``stats`` gets the
     time of scoring and of selection.
@@ -86,7 +96,7 @@ def search_rows(
     stats = stats or SearchStats()
     with stats.timed("scoring"):
         subset = vectors if rows is None else vectors[rows]
-        norms = np.einsum("ij,ij->i", subset, subset) if metric == "squared_l2" else None
+        norms = squared_norms(subset) if metric == "squared_l2" else None
     out_pos = np.empty((len(queries), k), np.int64)
     out_keys = np.empty((len(queries), k), np.float32)
     for start in range(0, len(queries), _QUERY_BLOCK):
@@ -125,7 +135,7 @@ def search_masked(
     """
     stats = stats or SearchStats()
     n_rows = len(vectors)
-    norms = np.einsum("ij,ij->i", vectors, vectors) if metric == "squared_l2" else None
+    norms = squared_norms(vectors) if metric == "squared_l2" else None
     block = max(1, min(_QUERY_BLOCK, _SCORES_PER_BLOCK // max(1, n_rows)))
     out_pos = np.empty((len(queries), k), np.int64)
     out_keys = np.empty((len(queries), k), np.float32)

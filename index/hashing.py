@@ -22,3 +22,11 @@ def mix64(x: np.ndarray) -> np.ndarray:
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return x ^ (x >> np.uint64(31))
+
+
+def smallest_hashes(ids: pa.Array, size: int) -> np.ndarray:
+    """Positions of the (at most) ``size`` ids with the smallest hashes, ordered by (hash, id text):
+    the deterministic sample a Beam build takes (:class:`beamvec.transforms.build.SampleRows`)."""
+    hashes = id_hashes(ids)
+    order = np.lexsort((np.asarray(ids.to_numpy(zero_copy_only=False)).astype(str), hashes))
+    return order[:size]

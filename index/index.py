@@ -19,6 +19,7 @@ import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
 from beamvec.index import exact, fs
+from beamvec.index.codec import Codec, CodecSpec, fit_sample, save_in_index
 from beamvec.index.manifest import Manifest, PartitionEntry, check_relative_path, checksum, partition_id
 from beamvec.index.plan import PartitionPlan, SinglePlan, plan_from_json
 from beamvec.index.predicate import MATCH_ALL, Predicate
@@ -65,6 +66,8 @@ def build_index(
     recall_target: float = 0.95,
     seed: int = 0,
     log: "QueryLog | None" = None,
+    codec: Codec | CodecSpec | str | None = None,
+    sample_rows: int = 50_000,
 ) -> Manifest:
     """Build an index in-process: one shard per non-empty partition of ``plan`` (default: one).
 
@@ -75,6 +78,10 @@ def build_index(
     for them, as :meth:`Index.search` gets them, against the exact answer over its rows,
     merged (:func:`beamvec.index.querylog.heldout_partial`; the same as a Beam build). The plan is not fitted here:
     fit it on all the log's predicates (:func:`beamvec.index.plan.fit_plan`).
+    ``codec`` (a spec such as ``PCA48,SQ8`` or a fitted :class:`beamvec.index.codec.Codec`):
+    the shards store the vectors' codes; a spec is fitted on the ``sample_rows`` items with the
+    smallest id hashes, as a Beam build does (OOD also on the log's calibration queries), and
+    the codec is saved in the index.
     Shards are written first, the manifest last, so a reader never sees an index
     whose shards are not all in place.
     """
@@ -90,6 +97,10 @@ def build_index(
     assignment = plan.assign(table, vectors)
     descriptions = plan.descriptions()
     fs.filesystem_for(path).makedirs(path)
+    if isinstance(codec, (str, CodecSpec)):
+        codec = fit_sample(codec, ids, vectors, metric, None if calibration is None else calibration.vectors, seed,
+                           sample_rows)
+    codec_entry = save_in_index(path, codec) if codec is not None else None
     entries, partials = [], []
     for ordinal in range(plan.num_partitions):
         rows = np.flatnonzero(assignment == ordinal)
@@ -98,11 +109,12 @@ def build_index(
         taken = pa.array(rows)
         shard = Shard.build(ids.take(taken), vectors[rows], attributes.take(taken), metric=metric, config=config,
                             recall_target=recall_target, seed=seed, row_order=plan.row_order,
-                            calibration_queries=None if routed is None else calibration.vectors[routed[ordinal]])
+                            calibration_queries=None if routed is None else calibration.vectors[routed[ordinal]],
+                            codec=codec)
         entries.append(write_shard(path, partition_id(ordinal), shard, descriptions[ordinal]))
         if heldout is not None:  # measured while the shard is in memory, as a Beam build does
             partials.append(querylog.heldout_partial(shard, ordinal, plan, heldout))
-    manifest = Manifest(metric, vectors.shape[1], id_type_name(ids), tuple(entries), plan.to_json())
+    manifest = Manifest(metric, vectors.shape[1], id_type_name(ids), tuple(entries), plan.to_json(), codec=codec_entry)
     if heldout is not None:
         recall = querylog.summarize_partials(partials, len(heldout), querylog.HELDOUT_K, recall_target)
         manifest = dataclasses.replace(manifest, heldout_recall=recall)

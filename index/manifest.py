@@ -49,6 +49,10 @@ class Manifest:
     parameters on held-out workload-log queries, overall and on the most selective
     10% of them, and the build's recall target.
 
+    ``codec`` (optional): the codec the shards' vectors are encoded with (:mod:`beamvec.index.codec`):
+    ``{"spec", "path", "checksum"}``, its spec string, directory (relative to the index) and checksum;
+    queries are encoded by it at search time.
+
     ``model`` (optional): the identity of the model that embedded the items
     (:class:`beamvec.index.encoder.ModelIdentity` as JSON: name, dimension, checksum); text
     queries must be embedded by the same model.
@@ -61,6 +65,7 @@ class Manifest:
     plan: dict | None = None
     heldout_recall: dict | None = None
     model: dict | None = None
+    codec: dict | None = None
 
     @property
     def num_rows(self) -> int:
@@ -82,6 +87,7 @@ class Manifest:
             "partitions": [dataclasses.asdict(p) for p in self.partitions],
             **({"heldout_recall": self.heldout_recall} if self.heldout_recall is not None else {}),
             **({"model": self.model} if self.model is not None else {}),
+            **({"codec": self.codec} if self.codec is not None else {}),
         }
 
     @classmethod
@@ -99,8 +105,13 @@ class Manifest:
             model = obj.get("model")
             if model is not None and not isinstance(model, dict):
                 raise TypeError(f"model must be an object, got {type(model).__name__}")
+            codec = obj.get("codec")
+            if codec is not None:
+                if not isinstance(codec, dict) or not all(isinstance(codec.get(f), str) for f in ("spec", "path", "checksum")):
+                    raise TypeError(f"codec must be an object with spec, path and checksum strings, got {codec!r}")
+                check_relative_path(codec["path"])
             manifest = cls(str(obj["metric"]), int(obj["dimension"]), str(obj["id_type"]), partitions, obj.get("plan"),
-                           heldout, model)
+                           heldout, model, codec)
         except (KeyError, TypeError, ValueError) as e:
             raise ManifestError(f"malformed manifest: {e}") from e
         seen = set()

@@ -256,7 +256,8 @@ def heldout_partial(shard: "Shard", ordinal: int, plan: "PartitionPlan", heldout
             matches[local] = shard.num_rows if rows is None else len(rows)
             if rows is not None and not len(rows):
                 continue
-            found_rows, exact_keys[local] = exact.search_rows(shard.vectors, prepared[reach[local]], k, shard.metric, rows)
+            found_rows, exact_keys[local] = exact.search_rows(shard.exact_rows(), prepared[reach[local]], k, shard.metric,
+                                                              rows)
             exact_handles[local] = np.where(found_rows >= 0, ordinal * ROW_SPACE + found_rows, -1)
     return HeldoutPartial(ordinal, approx, approx_handles, approx_keys, reach, exact_handles, exact_keys, matches)
 
@@ -294,29 +295,36 @@ def measure_index(index, heldout: QueryLog, ids: pa.Array, vectors: np.ndarray, 
     there are no held-out queries.
     """
     from beamvec.index import exact
+
+    if len(heldout.predicates) == 0:
+        return None
+    found, _ = index.search(heldout.vectors, heldout.predicates, k)
+    truth, matches = exact_answer(heldout, ids, vectors, table, index.metric, k)
+    return recall_summary(exact.recall(found, truth), matches, k, target)
+
+
+def exact_answer(queries: QueryLog, ids: pa.Array, vectors: np.ndarray, table: pa.Table, metric: str,
+                 k: int = HELDOUT_K) -> tuple[np.ndarray, np.ndarray]:
+    """The exact filtered top-k ids of the (aligned) ``queries`` over the items (``ids``, ``vectors``,
+    attribute ``table``), int64 padded with -1 or objects padded with None; and each query's matching rows."""
+    from beamvec.index import exact
     from beamvec.index.columns import Columns
     from beamvec.index.shard import group_predicates
 
-    n = len(heldout.predicates)
-    if n == 0:
-        return None
-    found, _ = index.search(heldout.vectors, heldout.predicates, k)
+    n = len(queries.predicates)
     masks: list = [None] * n
     matches = np.full(n, len(vectors), np.int64)
     columns = Columns(table)
-    for predicate, members in group_predicates(heldout.predicates).items():
+    for predicate, members in group_predicates(queries.predicates).items():
         mask = None if isinstance(predicate, MatchAll) else predicate.evaluate(columns)
         for i in members:
             masks[i] = mask
         if mask is not None:
             matches[members] = int(np.count_nonzero(mask))
-    rows, _ = exact.search(vectors, heldout.vectors, k, index.metric, masks)
+    rows, _ = exact.search(vectors, queries.vectors, k, metric, masks)
     if pa.types.is_integer(ids.type):
-        truth = exact.ids_of_rows(ids.to_numpy(zero_copy_only=False), rows)
-    else:
-        names = np.asarray(ids.to_pylist() + [None], dtype=object)
-        truth = names[rows]
-    return recall_summary(exact.recall(found, truth), matches, k, target)
+        return exact.ids_of_rows(ids.to_numpy(zero_copy_only=False), rows), matches
+    return np.asarray(ids.to_pylist() + [None], dtype=object)[rows], matches
 
 
 def summarize_partials(partials: Sequence[HeldoutPartial], n: int, k: int = HELDOUT_K,

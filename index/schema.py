@@ -173,7 +173,7 @@ def check_vectors(column: pa.ChunkedArray | pa.Array, dimension: int) -> tuple[n
     return out, bad
 
 
-def _split(
+def split_rows(
     table: pa.Table, vectors: np.ndarray, bad: dict[int, str], id_column: str, row_offset: int
 ) -> Validated:
     ids = table.column(id_column).to_pylist()
@@ -184,7 +184,7 @@ def _split(
     return Validated(table.take(pa.array(rows)), vectors[rows], rows + row_offset, rejections)
 
 
-def _check_ids(table: pa.Table, column: str, bad: dict[int, str]) -> None:
+def check_ids(table: pa.Table, column: str, bad: dict[int, str]) -> None:
     """Mark null ids, and every repeat of an id after its first valid occurrence."""
     first: dict[object, int] = {}
     for i, value in enumerate(table.column(column).to_pylist()):
@@ -210,11 +210,11 @@ def validate_items(table: pa.Table, dimension: int | None = None, row_offset: in
     check_item_schema(table.schema)
     dimension = dimension or vector_dimension(table.column(VECTOR))
     if dimension is None:
-        return _split(table, np.zeros((table.num_rows, 0), np.float32),
+        return split_rows(table, np.zeros((table.num_rows, 0), np.float32),
                       {i: "missing vector" for i in range(table.num_rows)}, ID, row_offset)
     vectors, bad = check_vectors(table.column(VECTOR), dimension)
-    _check_ids(table, ID, bad)
-    return _split(table, vectors, bad, ID, row_offset)
+    check_ids(table, ID, bad)
+    return split_rows(table, vectors, bad, ID, row_offset)
 
 
 def check_query_schema(schema: pa.Schema) -> None:
@@ -240,7 +240,7 @@ def validate_queries(table: pa.Table, dimension: int, row_offset: int = 0) -> Va
 
     check_query_schema(table.schema)
     vectors, bad = check_vectors(table.column(VECTOR), dimension)
-    _check_ids(table, QUERY_ID, bad)
+    check_ids(table, QUERY_ID, bad)
     if PREDICATE in table.column_names:
         for i, text in enumerate(table.column(PREDICATE).to_pylist()):
             if i not in bad:
@@ -252,7 +252,7 @@ def validate_queries(table: pa.Table, dimension: int, row_offset: int = 0) -> Va
         for i, k in enumerate(table.column(K).to_pylist()):
             if k is not None and k < 1 and i not in bad:
                 bad[i] = f"k must be at least 1, got {k}"
-    return _split(table, vectors, bad, QUERY_ID, row_offset)
+    return split_rows(table, vectors, bad, QUERY_ID, row_offset)
 
 
 def vectors_array(vectors: np.ndarray) -> pa.FixedSizeListArray:

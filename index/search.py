@@ -18,7 +18,8 @@ of queries), so both give the same neighbours and scores for the same queries:
 5. :func:`merge_partial`: each shard's partial merged into the running top-k, in
    partition order, by handle (partition ordinal * :data:`ROW_SPACE` + row).
 
-Shards load with their checksum and row count checked (:func:`load_shard`), and share
+Shards load with their checksum and row count checked (:func:`load_shard`; with the index's
+codec, :func:`index_codec`, when its vectors are encoded), and share
 their index's rows encoded once (:class:`IndexRows`), so each predicate compiles once per batch.
 """
 
@@ -31,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from beamvec.index import exact, fs
+from beamvec.index.codec import Codec
 from beamvec.index.columns import Columns
 from beamvec.index.manifest import Manifest, ManifestError, check_relative_path, checksum, partition_id
 from beamvec.index.plan import PartitionPlan
@@ -214,10 +216,31 @@ def load_shard(index_path: str, manifest: Manifest, ordinal: int, verify: bool =
     path = shard_path(index_path, manifest, ordinal)
     if verify and checksum(path) != entry.checksum:
         raise ManifestError(f"shard {entry.id} at {path} does not match its checksum in the manifest")
-    shard = Shard.load(path, metric=manifest.metric, dimension=manifest.dimension)
+    shard = Shard.load(path, metric=manifest.metric, dimension=manifest.dimension, codec=index_codec(index_path, manifest))
     if shard.num_rows != entry.rows:
         raise ManifestError(f"shard {entry.id} holds {shard.num_rows} rows, the manifest says {entry.rows}")
     return shard
+
+
+_CODECS: dict[tuple[str, str], Codec] = {}
+
+
+def index_codec(index_path: str, manifest: Manifest) -> Codec | None:
+    """The codec the index's shards are encoded with (None for none), loaded once per process and
+    checked against the manifest (ManifestError when it does not match)."""
+    if manifest.codec is None:
+        return None
+    key = (index_path, manifest.codec["checksum"])
+    if key not in _CODECS:
+        path = fs.filesystem_for(index_path).join(index_path, check_relative_path(manifest.codec["path"]))
+        codec = Codec.load(path)
+        if codec.checksum != manifest.codec["checksum"] or codec.dimension != manifest.dimension \
+                or codec.metric != manifest.metric:
+            raise ManifestError(f"the codec at {path} ({codec.spec.text()}, {codec.checksum}) is not the one the "
+                                f"manifest names ({manifest.codec['spec']}, {manifest.codec['checksum']})")
+        _CODECS.clear()
+        _CODECS[key] = codec
+    return _CODECS[key]
 
 
 def read_rows(index_path: str, manifest: Manifest, ordinal: int) -> pa.Table:

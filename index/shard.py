@@ -17,17 +17,27 @@ batch gets the strategy its predicate's selectivity calls for:
 A cost model with a tunable ratio (:class:`SearchParams`) picks between the two
 (:mod:`beamvec.index.costs`). The spec, knobs and calibration are :mod:`beamvec.index.shardspec`;
 the directory a shard is saved as, :mod:`beamvec.index.shardfile`.
+
+With a codec (:mod:`beamvec.index.codec`) a shard keeps its rows' codes, not their vectors:
+the pre-filter scores the codes (:class:`beamvec.index.codes.CodeMatrix`), ScaNN's tree and
+asymmetric hashing are trained on the decoded vectors and its candidates are re-scored from the
+codes; queries are reduced to the code space by the codec. A codec that re-ranks has each
+shard find ``rerank_factor * k`` candidates so and re-score them with the full-precision
+vectors (read lazily from their own file).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import NamedTuple, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from beamvec.index import costs, exact, layout, selection, shardfile
+from beamvec.index.codec import Codec
+from beamvec.index.codes import CodeMatrix
 from beamvec.index.columns import Columns
 from beamvec.index.masks import MaskCache
 from beamvec.index.boxes import clear_reasoning_cache
@@ -48,10 +58,13 @@ _CALIBRATION_FIRST_GUESS = 16
 class Shard:
     """One ScaNN searcher over rows with ids and attributes. Build with :meth:`build` or :meth:`load`."""
 
-    def __init__(self, ids: pa.Array, attributes: pa.Table, vectors: np.ndarray, metric: str,
+    def __init__(self, ids: pa.Array, attributes: pa.Table, vectors: np.ndarray | CodeMatrix, metric: str,
                  config: ShardConfig, calibration: Calibration, searcher, scann_config: str,
-                 row_order: tuple[str, ...] = ()):
+                 row_order: tuple[str, ...] = (), codec: Codec | None = None,
+                 full: np.ndarray | shardfile.FullVectors | None = None):
         self.ids = ids
+        self.codec = codec
+        self.full = full  # full-precision prepared rows: kept for re-ranking, or in memory at build
         self.attributes = attributes
         self.vectors = vectors
         self.metric = metric
@@ -70,7 +83,22 @@ class Shard:
 
     @property
     def dimension(self) -> int:
-        return self.vectors.shape[1]
+        """The dimension of the vectors (and queries); a codec's codes may have fewer."""
+        return self.codec.dimension if self.codec is not None else self.vectors.shape[1]
+
+    @property
+    def reranks(self) -> bool:
+        return self.codec is not None and self.codec.spec.rerank
+
+    def exact_rows(self) -> np.ndarray:
+        """The rows' full-precision vectors, prepared: what exact answers are measured against
+        (ValueError for a shard with a codec whose full vectors it neither kept nor saved)."""
+        if self.codec is None:
+            return self.vectors
+        if self.full is None:
+            raise ValueError("this shard keeps only its codes: exact answers need the full vectors "
+                             "(build with them, or with a codec that re-ranks)")
+        return self.full.rows() if isinstance(self.full, shardfile.FullVectors) else self.full
 
     @classmethod
     def build(
@@ -84,8 +112,14 @@ class Shard:
         seed: int = 0,
         row_order: Sequence[str] = (),
         calibration_queries: np.ndarray | None = None,
+        codec: Codec | None = None,
+        codes: np.ndarray | None = None,
     ) -> "Shard":
         """Build a shard over ``vectors`` (n, d) with their ``ids`` and ``attributes`` (n rows).
+
+        With a ``codec`` the shard stores the vectors' codes (``codes``, when already encoded,
+        e.g. by :class:`beamvec.transforms.Encode`; ``vectors`` may then be None, unless the
+        codec re-ranks, which keeps the full-precision vectors).
 
         Rows are stored sorted by the ``row_order`` columns, then by id (see
         :mod:`beamvec.index.layout`), whatever order they come in.
@@ -98,40 +132,49 @@ class Shard:
         """
         exact.check_metric(metric)
         ids = ids if isinstance(ids, pa.Array) else pa.array(list(ids))
-        vectors = np.asarray(vectors)
-        if vectors.ndim != 2 or len(vectors) == 0:
-            raise ValueError(f"a shard needs a non-empty (n, d) array of vectors, got shape {vectors.shape}")
-        if len(ids) != len(vectors):
-            raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
+        codes, vectors = _checked_inputs(codec, codes, vectors, metric)
+        n = len(vectors) if vectors is not None else len(codes)
+        if len(ids) != n:
+            raise ValueError(f"{len(ids)} ids for {n} vectors")
         attributes = attributes if attributes is not None else pa.table({})
-        if attributes.num_columns and attributes.num_rows != len(vectors):
-            raise ValueError(f"{attributes.num_rows} attribute rows for {len(vectors)} vectors")
-        if not np.isfinite(vectors).all():
-            raise ValueError("vectors hold NaN or infinite values; validate items first (beamvec.index.schema)")
+        if attributes.num_columns and attributes.num_rows != n:
+            raise ValueError(f"{attributes.num_rows} attribute rows for {n} vectors")
+        dimension = codec.dimension if codec is not None else vectors.shape[1]
         if calibration_queries is not None and np.size(calibration_queries) == 0:
             calibration_queries = None  # none reach this shard
         if calibration_queries is not None:
             calibration_queries = np.asarray(calibration_queries, np.float32)
-            if calibration_queries.ndim != 2 or calibration_queries.shape[1] != vectors.shape[1]:
+            if calibration_queries.ndim != 2 or calibration_queries.shape[1] != dimension:
                 raise ValueError(f"calibration queries have shape {calibration_queries.shape}; "
-                                 f"the vectors have dimension {vectors.shape[1]}")
+                                 f"the vectors have dimension {dimension}")
             if not np.isfinite(calibration_queries).all():
                 raise ValueError("calibration queries hold NaN or infinite values")
         attributes = _with_ids(attributes, ids)
         row_order = tuple(c for c in row_order if c in attributes.column_names and c != "id")
         order = layout.row_order(ids, attributes, row_order)
-        ids, attributes, vectors = ids.take(order), attributes.take(order), vectors[order]
-        prepared = exact.prepare(vectors, metric)
+        ids, attributes = ids.take(order), attributes.take(order)
+        prepared = None if vectors is None else exact.prepare(vectors[order], metric)
+        if codec is None:
+            searched = scanned = prepared
+        else:
+            codes = codec.encode(prepared) if codes is None else codes[order]
+            searched, scanned = CodeMatrix(codes, codec), codec.decode(codes)
         config = ShardConfig.parse(config) if isinstance(config, str) else config
-        config = config or ShardConfig.for_shape(*prepared.shape)
-        scann_config = config.scann_config(prepared, metric)
-        searcher = scann().create_searcher(prepared, scann_config, 0)
-        shard = cls(ids, attributes, prepared, metric, config, Calibration((), 1.0, recall_target, 0),
-                    searcher, scann_config, row_order)
+        config = config or ShardConfig.for_shape(*scanned.shape)
+        scann_config = config.scann_config(scanned, metric, reorder=codec is None)
+        # With a codec a brute-force shard needs no ScaNN: every query is pre-filtered over the codes.
+        searcher = None if codec is not None and config.brute_force else \
+            scann().create_searcher(scanned, scann_config, 0)
+        shard = cls(ids, attributes, searched, metric, config, Calibration((), 1.0, recall_target, 0),
+                    searcher, scann_config, row_order, codec, prepared if codec is not None else None)
         if not config.brute_force:
-            log = None if calibration_queries is None else exact.prepare(calibration_queries, metric)
+            log = None if calibration_queries is None else shard._code_space(exact.prepare(calibration_queries, metric))
             shard.calibration = shard._calibrate(recall_target, seed, log)
         return shard
+
+    def _code_space(self, prepared: np.ndarray) -> np.ndarray:
+        """Prepared queries as this shard's search compares them: reduced by its codec, if any."""
+        return prepared if self.codec is None else self.codec.reduce_queries(prepared, prepared=True)
 
     def _calibrate(self, target: float, seed: int, log: np.ndarray | None = None) -> Calibration:
         """Fewest leaves per fetch size reaching ``target`` + margin on up to :data:`_CALIBRATION_QUERIES`
@@ -139,7 +182,7 @@ class Shard:
         with a seeded sample of the shard's own rows (their own row left out of truth and result)."""
         n = self.num_rows
         rng = np.random.default_rng(seed)
-        log = np.zeros((0, self.dimension), np.float32) if log is None else log
+        log = np.zeros((0, self.vectors.shape[1]), np.float32) if log is None else log
         if len(log) > _CALIBRATION_QUERIES:
             log = log[np.sort(rng.choice(len(log), _CALIBRATION_QUERIES, replace=False))]
         own = np.sort(rng.choice(n, min(_CALIBRATION_QUERIES - len(log), n), replace=False))
@@ -192,6 +235,14 @@ class Shard:
         """ScaNN top-``fetch`` (rows, keys), -1 / -inf where ScaNN found fewer; ``parallel`` uses ScaNN's threads."""
         fetch = min(fetch, self.num_rows)
         pre = costs.reorder_for(self.num_rows, self.config, fetch)
+        if self.codec is not None:  # ScaNN's hashing candidates, re-scored from the codes
+            search = self._searcher.search_batched_parallel if parallel else self._searcher.search_batched
+            idx, _ = search(queries, max(pre, fetch), max(pre, fetch), leaves)
+            candidates = np.asarray(idx, np.int64)
+            pos, keys = selection.top_k(self._code_keys(queries, candidates), fetch)
+            rows = np.take_along_axis(candidates, np.maximum(pos, 0), axis=1)
+            rows[pos < 0] = -1
+            return rows, keys
         if self.config.brute_force:
             idx, dist = self._searcher.search_batched(queries, fetch)
         else:
@@ -203,6 +254,37 @@ class Shard:
         rows[missing] = -1
         keys[missing] = -np.inf
         return rows, keys
+
+    def _code_keys(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Ranking keys of each code-space query's candidate ``rows`` (-1: none, key -inf), from the codes."""
+        dots = self.vectors.rescore(queries, rows)
+        if self.metric != "squared_l2":
+            return dots
+        norms = self.vectors.norms()[np.maximum(rows, 0)]
+        keys = 2 * dots - norms - np.einsum("ij,ij->i", queries, queries)[:, None]
+        keys[rows < 0] = -np.inf
+        return keys.astype(np.float32)
+
+    def _rerank(self, queries: np.ndarray, found: "ShardResult", k: int) -> "ShardResult":
+        """The top ``k`` of each query's candidates (``found``), re-scored with the full-precision vectors."""
+        rows = found.rows
+        with found.stats.timed("rerank"):
+            full = self.exact_rows()[np.maximum(rows, 0).reshape(-1)].reshape(*rows.shape, -1)
+            keys = np.einsum("ijk,ik->ij", full, queries)
+            if self.metric == "squared_l2":
+                keys = 2 * keys - np.einsum("ijk,ijk->ij", full, full) - np.einsum("ij,ij->i", queries, queries)[:, None]
+            keys = np.where(rows >= 0, keys, -np.inf).astype(np.float32)
+            pos, best = selection.top_k(keys, k)
+        out = np.take_along_axis(rows, np.maximum(pos, 0), axis=1)
+        out[pos < 0] = -1
+        found.stats.reranked += int((rows >= 0).sum())
+        return ShardResult(out, best, found.stats)
+
+    def candidates(self, k: int, params: SearchParams | None = None) -> int:
+        """Results each query needs from the codes: ``k``, or ``rerank_factor * k`` to re-rank."""
+        if not self.reranks:
+            return k
+        return max(k, int(np.ceil((params or SearchParams()).rerank_factor * k)))
 
     @property
     def columns(self) -> Columns:
@@ -284,15 +366,15 @@ class Shard:
         so an index plans its shards on one thread and executes them on many."""
         params = params or SearchParams()
         stats = stats or SearchStats()
-        plan = GroupPlan([], {})
+        plan = GroupPlan([], {}, self.candidates(k, params))
         with stats.timed("masks"):
             for p, members in groups.items():
                 group = self._group(p, members)
                 if group.matches == 0:
                     continue
                 post_cost, fetch, leaves = costs.post_cost(self.num_rows, self.config, self.calibration, group.matches,
-                                                           k, params)
-                pre = min(self._pre_costs(group)) <= params.prefilter_cost_ratio * post_cost
+                                                           plan.k, params)
+                pre = self._searcher is None or min(self._pre_costs(group)) <= params.prefilter_cost_ratio * post_cost
                 if pre:
                     plan.pre.append(group)
                 else:
@@ -303,12 +385,13 @@ class Shard:
 
     def execute(self, queries: np.ndarray, k: int, plan: "GroupPlan", parallel: bool = True) -> "ShardResult":
         """Search the prepared ``queries`` as ``plan`` (:meth:`plan_groups`) says."""
-        result = ShardResult.empty(len(queries), k)
+        coded = self._code_space(queries)
+        result = ShardResult.empty(len(queries), plan.k)
         pre = list(plan.pre)
         for (fetch, leaves), entries in plan.post.items():
-            self._post_filter(queries, k, fetch, leaves, entries, result, pre, parallel)
-        self._pre_filter(queries, k, pre, result)
-        return result
+            self._post_filter(coded, plan.k, fetch, leaves, entries, result, pre, parallel)
+        self._pre_filter(coded, plan.k, pre, result)
+        return self._rerank(queries, result, k) if self.reranks else result
 
     def _pre_costs(self, group: "_Group") -> tuple[float, float]:
         return costs.pre_costs(self.num_rows, group.hi - group.lo, group.matches, len(group.members))
@@ -379,22 +462,27 @@ class Shard:
         return self.ids.take(pa.array(flat, mask=flat < 0))
 
     def save(self, path: str) -> None:
-        """Write the shard as a directory (:mod:`beamvec.index.shardfile`)."""
-        shardfile.write(path, self._searcher, self.attributes, self.header())
+        """Write the shard as a directory (:mod:`beamvec.index.shardfile`); with a codec that
+        re-ranks, its full-precision vectors beside it."""
+        full = shardfile.npy_bytes(np.ascontiguousarray(self.exact_rows(), np.float32)) if self.reranks else None
+        shardfile.write(path, self._searcher, self.attributes,
+                        self.header(None if full is None else hashlib.sha256(full).hexdigest()),
+                        codes=self.vectors.codes if self.codec is not None else None, full=full)
 
-    def header(self) -> dict:
-        """The JSON header: format, metric, dimension, rows, config, calibration and row order."""
+    def header(self, full_sha256: str | None = None) -> dict:
+        """The JSON header: format, metric, dimension, rows, config, calibration, row order and codec."""
         return shardfile.header(self.metric, self.dimension, self.num_rows, self.config, self.calibration,
-                                self.scann_config, self.row_order)
+                                self.scann_config, self.row_order, self.codec, full_sha256)
 
     @classmethod
-    def load(cls, path: str, metric: str | None = None, dimension: int | None = None) -> "Shard":
+    def load(cls, path: str, metric: str | None = None, dimension: int | None = None,
+             codec: Codec | None = None) -> "Shard":
         """Load a saved shard; ShardFormatError on any missing file or mismatch.
 
         ``metric`` and ``dimension``, when given, must match the header (an index
-        checks its shards this way).
+        checks its shards this way); a shard with a codec loads only with that ``codec``.
         """
-        return cls(*shardfile.read(path, metric, dimension))
+        return cls(*shardfile.read(path, metric, dimension, codec))
 
 
 @dataclasses.dataclass
@@ -416,6 +504,7 @@ class GroupPlan(NamedTuple):
 
     pre: list["_Group"]
     post: dict[tuple[int, int], list["_Group"]]
+    k: int  # results per query searched for (more than asked when re-ranking)
 
 
 class _Group(NamedTuple):
@@ -471,6 +560,35 @@ def clear_predicate_caches() -> None:
     """Forget parsed predicate texts and memoised predicate reasoning (see :meth:`Index.clear_caches`)."""
     parse_shared.cache_clear()
     clear_reasoning_cache()
+
+
+def _checked_inputs(codec: Codec | None, codes: np.ndarray | None, vectors: np.ndarray | None,
+                    metric: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(codes, vectors) for :meth:`Shard.build`, checked; ValueError naming what does not fit."""
+    if codes is not None and codec is None:
+        raise ValueError("codes without the codec that made them")
+    if vectors is None and codes is None:
+        raise ValueError("a shard needs vectors, or a codec's codes")
+    if vectors is None and codec is not None and codec.spec.rerank:
+        raise ValueError(f"codec {codec.spec.text()} re-ranks with the full-precision vectors: give them too")
+    if codec is not None and codec.metric != metric:
+        raise ValueError(f"codec {codec.spec.text()} was fitted for {codec.metric}, the shard is {metric}")
+    if codes is not None:
+        codes = np.asarray(codes)
+        if codes.ndim != 2 or not len(codes) or codes.shape[1] != codec.code_width or codes.dtype != codec.code_dtype:
+            raise ValueError(f"codes of {codec.spec.text()} are non-empty {codec.code_dtype} (n, {codec.code_width}), "
+                             f"got {codes.dtype} {codes.shape}")
+    if vectors is not None:
+        vectors = np.asarray(vectors)
+        if vectors.ndim != 2 or len(vectors) == 0:
+            raise ValueError(f"a shard needs a non-empty (n, d) array of vectors, got shape {vectors.shape}")
+        if codec is not None and vectors.shape[1] != codec.dimension:
+            raise ValueError(f"vectors have dimension {vectors.shape[1]}, the codec {codec.dimension}")
+        if codes is not None and len(codes) != len(vectors):
+            raise ValueError(f"{len(codes)} codes for {len(vectors)} vectors")
+        if not np.isfinite(vectors).all():
+            raise ValueError("vectors hold NaN or infinite values; validate items first (beamvec.index.schema)")
+    return codes, vectors
 
 
 def _with_ids(attributes: pa.Table, ids: pa.Array) -> pa.Table:

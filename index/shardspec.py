@@ -84,8 +84,10 @@ class ShardConfig:
             return cls()
         return cls(num_leaves=max(2, round(math.sqrt(rows))), dims_per_block=2, reorder=100)
 
-    def scann_config(self, vectors: np.ndarray, metric: str) -> str:
-        """ScaNN's text config for these vectors (already prepared for ``metric``)."""
+    def scann_config(self, vectors: np.ndarray, metric: str, reorder: bool = True) -> str:
+        """ScaNN's text config for these vectors (already prepared for ``metric``). Without ``reorder``,
+        ScaNN returns its asymmetric-hashing candidates and keeps no copy of the vectors (a shard
+        with a codec re-scores the candidates from its codes)."""
         distance = "squared_l2" if metric == "squared_l2" else "dot_product"
         builder = scann().builder(vectors, CALIBRATION_K, distance)
         if self.brute_force:
@@ -93,12 +95,9 @@ class ShardConfig:
         n = len(vectors)
         # Plain (isotropic) AH: encodes faster than anisotropic AH and, with calibrated
         # leaves, matched its queries/s and recall on partitioned data (measured).
-        config = (
-            builder.tree(self.num_leaves, 1, training_sample_size=min(n, 100_000))
-            .score_ah(self.dims_per_block, training_sample_size=min(n, _AH_SAMPLE))
-            .reorder(self.reorder)
-            .create_config()
-        )
+        builder = (builder.tree(self.num_leaves, 1, training_sample_size=min(n, 100_000))
+                   .score_ah(self.dims_per_block, training_sample_size=min(n, _AH_SAMPLE)))
+        config = (builder.reorder(self.reorder) if reorder else builder).create_config()
         # Seeded, unbalanced, and k-means++ centres: ScaNN's random initialisation ignores the seed,
         # so the same rows gave a different tree on every build (measured); k-means++ gives the same
         # tree in every process and with any number of training threads.
@@ -115,12 +114,15 @@ class SearchParams:
     ``overfetch``: the post-filter fetches ``overfetch * k / selectivity`` candidates.
     ``leaves_to_search``: overrides the calibrated number of leaves.
     ``leaves_scale``: multiplies the calibrated leaves (trades speed for recall).
+    ``rerank_factor``: with a codec that re-ranks, each shard finds ``rerank_factor * k`` candidates
+    from its codes and re-scores them with the full-precision vectors.
     """
 
     prefilter_cost_ratio: float = 2.0
     overfetch: float = 2.0
     leaves_to_search: int | None = None
     leaves_scale: float = 1.0
+    rerank_factor: float = 4.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Iterator
 # Phases of a search, in the order a search meets them. The first three and the last
 # are timed once per batch (wall seconds); the others inside each shard search, summed
 # over shards (on N workers they add up to about N times the wall time they take).
-PHASES = ("predicates", "routing", "masks", "scoring", "scann", "selection", "merge")
+PHASES = ("predicates", "routing", "masks", "scoring", "scann", "selection", "rerank", "merge")
 
 
 @dataclasses.dataclass
@@ -21,13 +21,15 @@ class SearchStats:
     ``routing``: deciding the partitions each predicate can match (zone maps, plan);
     ``masks``: row masks and runs of each predicate in each shard it reaches;
     ``scoring``: exact matrix products; ``scann``: ScaNN searches (post-filter);
-    ``selection``: top-k over scores and masks; ``merge``: per-query merge across shards.
+    ``selection``: top-k over scores and masks; ``rerank``: re-scoring candidates with
+    full-precision vectors (a codec that re-ranks); ``merge``: per-query merge across shards.
     """
 
     prefiltered: int = 0
     postfiltered: int = 0
     fallbacks: int = 0
     rows_scored: int = 0
+    reranked: int = 0
     seconds: dict[str, float] = dataclasses.field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
 
     def add(self, other: "SearchStats") -> None:

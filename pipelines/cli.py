@@ -69,6 +69,23 @@ def _bench(args: argparse.Namespace, extra: list[str]) -> int:
             raise SystemExit("beamvec bench --suite embed: give --items, Parquet with a text column (and the "
                              "reference vectors, as ../shared/data/docstrings/base.parquet has)")
         bench.embed_suite(args.items, args.num_items, args.models, args.batch_size, args.seed, extra, log=log)
+    elif args.suite == "codecs":
+        from beamvec.pipelines import codecbench, compare, synthetic
+        from beamvec.index.querylog import read_workload
+
+        import os
+
+        datasets = [(f"{args.generator} {args.num_items // 1000}k", *compare.generated(
+            args.generator, args.num_items, args.dimension, args.num_queries, args.seed))]
+        if args.items:  # queries drawn from the items; the workload log from a second, independent draw
+            import pyarrow.parquet as pq
+
+            items = pq.read_table(args.items)
+            log_table = synthetic.queries_from_items(items, args.num_queries, args.seed + 1)
+            workload = read_workload(args.workload) if args.workload else compare.log_of(log_table)
+            datasets.append((os.path.basename(args.items), items,
+                             synthetic.queries_from_items(items, args.num_queries, args.seed), workload))
+        codecbench.suite(datasets, args.repeats, log, args.output, args.codecs)
     elif args.suite == "beam":
         bench.beam_suite(args.num_items, args.dimension, args.num_queries, args.min_partition_rows,
                          args.max_partition_rows, args.k, args.repeats, args.seed, extra, log=log,
@@ -127,12 +144,16 @@ def _build(args: argparse.Namespace, extra: list[str]) -> int:
 
     try:
         settings = BuildSettings(args.partitioner, args.min_partition_rows, args.max_partition_rows, args.metric,
-                                 args.sample_rows, args.seed, args.recall_target, args.shard_spec).checked()
+                                 args.sample_rows, args.seed, args.recall_target, args.shard_spec, args.codec,
+                                 args.max_bytes_per_vector).checked()
     except ValueError as e:
         raise SystemExit(f"beamvec build: {e}") from None
     _print_counts(jobs.build(args.items, args.output, beam_options(extra), args.workload, settings,
                              embed_column=args.embed_column, model=args.model))
-    print(heldout_line(Manifest.read(args.output).heldout_recall, settings.recall_target))
+    manifest = Manifest.read(args.output)
+    if manifest.codec is not None:
+        print(f"codec: {manifest.codec['spec']}")
+    print(heldout_line(manifest.heldout_recall, settings.recall_target))
     return 0
 
 
@@ -218,6 +239,10 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--recall-target", type=float, default=0.95,
                        help="recall@10 each shard calibrates its search for")
+    build.add_argument("--codec", help="quantize the vectors: a codec spec, e.g. SQ8, F16, PQ24, PCA48,SQ8, "
+                       "OOD24,SQ8,Rerank (OOD fits on the workload's query vectors), or auto: the smallest "
+                       "meeting --recall-target within --max-bytes-per-vector")
+    build.add_argument("--max-bytes-per-vector", type=float, help="with --codec auto: the budget for a vector's code")
     build.add_argument("--embed-column", help="the items carry no vectors: embed them from this text column")
     build.add_argument("--model", default="all-MiniLM-L6-v2", help="with --embed-column: all-MiniLM-L6-v2 "
                        "(built in), all-MiniLM-L6-v2:bfloat16, or a SavedModel / .keras path")
@@ -273,8 +298,10 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
     bench = sub.add_parser("bench", help="measure recall and throughput side by side")
-    bench.add_argument("--suite", choices=["compare", "scale", "selectivity", "partitions", "beam", "embed"],
+    bench.add_argument("--suite", choices=["compare", "scale", "selectivity", "partitions", "beam", "embed", "codecs"],
                        default="compare")
+    bench.add_argument("--codecs", nargs="+", help="codecs: the codecs to compare (default: none, F16, SQ8, PQ d/4, "
+                       "PCA to d/2 and d/4 with and without SQ8 and Rerank; OOD against PCA is always run)")
     bench.add_argument("--models", nargs="+", default=["all-MiniLM-L6-v2", "all-MiniLM-L6-v2:bfloat16"],
                        help="embed: the models to time")
     bench.add_argument("--batch-size", type=int, default=64, help="embed: texts per inference batch")

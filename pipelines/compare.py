@@ -693,7 +693,7 @@ def plot(measurements: Sequence[Measurement], path: str) -> None:
     plt.close(fig)
 
 
-def _log_of(table: pa.Table) -> QueryLog:
+def log_of(table: pa.Table) -> QueryLog:
     """A workload log of a queries table: its predicates and vectors."""
     vectors = table.column("vector").combine_chunks()
     dimension = len(vectors[0]) if len(vectors) else 0
@@ -705,7 +705,7 @@ def generated(generator: str, num_items: int, dimension: int, num_queries: int,
               seed: int) -> tuple[pa.Table, pa.Table, QueryLog]:
     """Items, queries and a workload log with vectors (:func:`beamvec.pipelines.synthetic.generate`)."""
     items, queries, log = synthetic.generate(generator, num_items, dimension, num_queries, seed)
-    return items, queries, _log_of(log)
+    return items, queries, log_of(log)
 
 
 def run(output: str, items_path: str | None = None, queries_path: str | None = None, workload_path: str | None = None,
@@ -730,7 +730,7 @@ def run(output: str, items_path: str | None = None, queries_path: str | None = N
             queries, workload = pq.read_table(queries_path), None
         else:  # queries from the items themselves; the workload from a second, independent draw
             queries = synthetic.queries_from_items(items, num_queries, seed)
-            workload = _log_of(synthetic.queries_from_items(items, num_queries, seed + 1))
+            workload = log_of(synthetic.queries_from_items(items, num_queries, seed + 1))
     else:
         source = f"generator {generator}"
         items, queries, workload = generated(generator, num_items, dimension, num_queries, seed)

@@ -53,7 +53,7 @@ def build(items: str, index: str, options: PipelineOptions, workload: str | None
         shard_spec=settings.shard_spec, recall_target=settings.recall_target,
         min_partition_rows=settings.min_partition_rows, max_partition_rows=settings.max_partition_rows,
         sample_rows=settings.sample_rows, dimension=dimension, seed=settings.seed, embed_column=embed_column,
-        model=model, log=log)
+        model=model, codec=settings.codec, max_bytes_per_vector=settings.max_bytes_per_vector, log=log)
     built.rejected | "WriteRejected" >> WriteTables(f"{index}/rejected/items", DEAD_LETTER_SCHEMA)
     counts = _run(p)
     if workload_log.dropped:

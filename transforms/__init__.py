@@ -13,7 +13,10 @@
   dicts, ``beam.Row`` s, NamedTuples or Arrow tables, as Arrow blocks.
 * :class:`Embed`: a text (or features) column -> a vector column, on Beam's RunInference with
   TensorFlow (the built-in all-MiniLM-L6-v2, or your SavedModel / Keras model).
-* :class:`BuildIndex`: items -> an index directory (:class:`BuildResult`: ``index``, ``rejected``).
+* :class:`BuildIndex`: items -> an index directory (:class:`BuildResult`: ``index``, ``rejected``);
+  ``codec=`` quantizes its vectors.
+* :class:`FitCodec`: items -> a codec fitted on a deterministic sample; :class:`Encode`: items +
+  codec -> their codes (:class:`EncodeResult`: ``encoded``, ``rejected``).
 * :class:`HybridSearch`: queries -> each one's k nearest items under its predicate
   (:class:`SearchResult`: ``results``, ``rejected``); :class:`RelatedItems`: items -> their k
   nearest items under a predicate template filled from their attributes.
@@ -31,6 +34,7 @@ Beam's FileSystems.
 
 from beamvec.transforms import filesystem
 from beamvec.transforms.build import BuildIndex, BuildResult, BuildSettings
+from beamvec.transforms.codec import Encode, EncodeResult, FitCodec
 from beamvec.transforms.embed import Embed, EmbedResult
 from beamvec.transforms.io import Block, ReadItems, ReadQueries, WriteTables
 from beamvec.transforms.search import AsNeighbors, HybridSearch, Neighbors, RelatedItems, SearchResult
@@ -39,4 +43,4 @@ from beamvec.transforms.validate import DEAD_LETTER_SCHEMA
 filesystem.register()
 
 __all__ = ["AsNeighbors", "Block", "BuildIndex", "BuildResult", "BuildSettings", "DEAD_LETTER_SCHEMA", "Embed",
-           "EmbedResult", "HybridSearch", "Neighbors", "ReadItems", "ReadQueries", "RelatedItems", "SearchResult", "WriteTables"]
+           "EmbedResult", "Encode", "EncodeResult", "FitCodec", "HybridSearch", "Neighbors", "ReadItems", "ReadQueries", "RelatedItems", "SearchResult", "WriteTables"]

@@ -33,9 +33,11 @@ from beamvec.index.index import id_type_name, write_shard
 from beamvec.index.manifest import Manifest, PartitionEntry, partition_id
 from beamvec.index.plan import PartitionPlan, check_partitioner, fit_plan, plan_from_json
 from beamvec.index.querylog import QueryLog, read_workload
-from beamvec.index.schema import ID, VECTOR, Validated, validate_items, vectors_array
+from beamvec.index.codec import Codec, save_in_index
+from beamvec.index.schema import ID, VECTOR, Validated, check_vectors, validate_items, vectors_array
 from beamvec.index.shard import Shard
 from beamvec.index.shardspec import ShardConfig
+from beamvec.transforms.codec import CODES, check_codec_spec, encode_table, fit_codec, validate_encoded
 from beamvec.transforms.embed import DEFAULT_BATCH_SIZE, Embed
 from beamvec.transforms.io import Block, ToBlocks, absolute
 from beamvec.transforms.progress import Progress
@@ -99,7 +101,9 @@ class SampleRows(beam.PTransform):
 @dataclasses.dataclass(frozen=True)
 class BuildSettings:
     """How a build partitions and indexes: partitioner spec, partition sizes, metric, sample size,
-    seed, the recall target the shards calibrate for, and the shard spec (None: by size)."""
+    seed, the recall target the shards calibrate for, the shard spec (None: by size), and the codec
+    spec (None: float32 vectors; ``auto``: the smallest within ``max_bytes_per_vector`` meeting the
+    recall target)."""
 
     partitioner: str = "workload"
     min_partition_rows: int = 10_000
@@ -109,6 +113,8 @@ class BuildSettings:
     seed: int = 0
     recall_target: float = 0.95
     shard_spec: str | None = None
+    codec: str | None = None
+    max_bytes_per_vector: float | None = None
 
     def checked(self) -> "BuildSettings":
         """These settings, or ValueError naming the one that cannot work."""
@@ -123,7 +129,7 @@ class BuildSettings:
             raise ValueError(f"recall_target must be in (0, 1], got {self.recall_target}")
         if self.shard_spec is not None:
             ShardConfig.parse(self.shard_spec)
-        return self
+        return dataclasses.replace(self, codec=check_codec_spec(self.codec, self.max_bytes_per_vector))
 
 
 class Shape(NamedTuple):
@@ -188,6 +194,25 @@ class AssignPartitions(beam.PTransform):
         return items | beam.FlatMap(_assign, beam.pvalue.AsSingleton(self.plan))
 
 
+def _fit_build_codec(sample: pa.Table | None, shape: Shape, settings: BuildSettings, log: QueryLog) -> Codec:
+    return fit_codec(sample, settings.codec, settings.metric, settings.seed, shape.dimension, log,
+                     settings.recall_target, settings.max_bytes_per_vector)
+
+
+def _save_codec(codec: Codec | None, index_path: str) -> dict | None:
+    return None if codec is None else save_in_index(index_path, codec)
+
+
+def _encode_partition(element: tuple[int, pa.Table], codec: Codec, parts: tuple) -> tuple[int, pa.Table]:
+    """A partition's rows with their vectors encoded; the vectors stay when the shard needs them
+    (a codec that re-ranks, or held-out queries measured against the exact answer)."""
+    ordinal, table = element
+    dimension = table.schema.field(VECTOR).type.list_size
+    vectors, _ = check_vectors(table.column(VECTOR), dimension)
+    keep = codec.spec.rerank or (parts[1] is not None and len(parts[1]) > 0)
+    return ordinal, encode_table(table, vectors, codec, keep)
+
+
 class _BuildShard(beam.DoFn):
     def __init__(self, index_path: str, metric: str, config: str | None, recall_target: float, seed: int):
         self.index_path, self.metric, self.config = index_path, metric, config
@@ -209,24 +234,32 @@ class _BuildShard(beam.DoFn):
             self._routes = {key: querylog.route(cached_plan(plan_json), calibration)}
         return calibration.vectors[self._routes[key][ordinal]]
 
-    def process(self, element, plan_json: dict, parts: tuple):
+    def process(self, element, plan_json: dict, parts: tuple, codec: Codec | None):
         ordinal, tables = element
         calibration, heldout = parts
         table = pa.concat_tables(list(tables), promote_options="permissive")
         # Rows arrive in any order: sort by id so every runner keeps the same copy of a repeated
         # id (Shard.build then lays the rows out by the plan's row order).
         table = table.take(pc.sort_indices(table, [(ID, "ascending")]))
-        validated = validate_items(table)  # catches an id repeated across input blocks
+        # Catches an id repeated across input blocks.
+        validated = validate_items(table) if codec is None else validate_encoded(table, codec)
         if validated.rejections:
             self.rejected.inc(len(validated.rejections))
             yield beam.pvalue.TaggedOutput(REJECTED, dead_letters(validated, "build shard", partition_id(ordinal)))
         if not validated.table.num_rows:
             return
         plan = cached_plan(plan_json)
-        shard = Shard.build(validated.table.column("id").combine_chunks(), validated.vectors,
-                            validated.table.drop_columns([VECTOR]), metric=self.metric, config=self.config,
+        rows = validated.table
+        vectors, codes = validated.vectors, None
+        if codec is not None:
+            codes = validated.vectors
+            vectors = check_vectors(rows.column(VECTOR), codec.dimension)[0] if VECTOR in rows.column_names else None
+        shard = Shard.build(rows.column("id").combine_chunks(), vectors,
+                            rows.drop_columns([c for c in (VECTOR, CODES) if c in rows.column_names]),
+                            metric=self.metric, config=self.config,
                             recall_target=self.recall_target, seed=self.seed, row_order=plan.row_order,
-                            calibration_queries=self._calibration_queries(plan_json, calibration, ordinal))
+                            calibration_queries=self._calibration_queries(plan_json, calibration, ordinal),
+                            codec=codec, codes=codes)
         description = plan.descriptions()[ordinal]
         entry = write_shard(self.index_path, partition_id(ordinal), shard, description)
         self.indexed.inc(shard.num_rows)
@@ -245,22 +278,24 @@ class BuildShards(beam.PTransform):
 
     ``plan``: the plan JSON, a singleton; ``parts``: a singleton (calibration queries, held-out
     queries) of the workload log (:func:`beamvec.index.querylog.build_parts`; (None, None) without
-    log vectors).
+    log vectors); ``codec``: a singleton of the codec the rows are encoded with (:data:`CODES`
+    column), or None for float32 vectors.
     """
 
     def __init__(self, index_path: str, plan, parts, metric: str = "dot_product", config: str | None = None,
-                 recall_target: float = 0.95, seed: int = 0):
+                 recall_target: float = 0.95, seed: int = 0, codec=None):
         super().__init__()
         self.index_path, self.plan, self.parts, self.metric, self.config = index_path, plan, parts, metric, config
-        self.recall_target, self.seed = recall_target, seed
+        self.recall_target, self.seed, self.codec = recall_target, seed, codec
 
     def expand(self, keyed_rows):
+        codec = self.codec if self.codec is not None else keyed_rows.pipeline | "NoCodec" >> beam.Create([None])
         return (
             keyed_rows
             | "Group" >> beam.GroupByKey()
             | "Build" >> beam.ParDo(_BuildShard(self.index_path, self.metric, self.config, self.recall_target, self.seed),
-                                    beam.pvalue.AsSingleton(self.plan), beam.pvalue.AsSingleton(self.parts)
-                                    ).with_outputs(REJECTED, HELDOUT, main="entries")
+                                    beam.pvalue.AsSingleton(self.plan), beam.pvalue.AsSingleton(self.parts),
+                                    beam.pvalue.AsSingleton(codec)).with_outputs(REJECTED, HELDOUT, main="entries")
         )
 
 
@@ -270,9 +305,9 @@ def _summarize(partials: list, parts: tuple, target: float | None) -> dict | Non
 
 
 def _write_manifest(entries: list[PartitionEntry], plan_json: dict, shape: Shape, heldout_recall: dict | None,
-                    index_path: str, metric: str, model: dict | None) -> str:
+                    codec: dict | None, index_path: str, metric: str, model: dict | None) -> str:
     manifest = Manifest(metric, shape.dimension, id_type_name(pa.array([], shape.id_type)),
-                        tuple(sorted(entries, key=lambda e: e.id)), plan_json, heldout_recall, model)
+                        tuple(sorted(entries, key=lambda e: e.id)), plan_json, heldout_recall, model, codec)
     manifest.write(index_path)
     return index_path
 
@@ -303,6 +338,13 @@ class BuildIndex(beam.PTransform):
     calibrate on them and the manifest records the recall measured on a held-out part. The workload
     partitioner needs a workload; without one the build falls back to ``hash`` and says so.
 
+    ``codec``: quantize the vectors (:mod:`beamvec.index.codec`): a spec such as ``SQ8``,
+    ``PCA48,SQ8``, ``PQ24`` or ``OOD24,SQ8,Rerank`` fitted on the sample (:class:`FitCodec`; OOD on the
+    workload log's query vectors), or ``auto``: the smallest codec of at most
+    ``max_bytes_per_vector`` code bytes that meets ``recall_target`` on the log's held-out queries.
+    Rows are encoded before the shuffle to the shard builders (:class:`Encode`), the shards store
+    the codes, and the codec is saved in the index, where searches find it.
+
     ``embed_column``: the items carry no vectors; :class:`Embed` computes them from that column
     with ``model`` (in batches of ``batch_size``) first, and the manifest records the model's
     identity, so that text queries are embedded alike (:class:`HybridSearch` ``query_text_column``).
@@ -319,12 +361,13 @@ class BuildIndex(beam.PTransform):
                  recall_target: float = 0.95, min_partition_rows: int = 10_000, max_partition_rows: int = 100_000,
                  sample_rows: int = 50_000, dimension: int | None = None, seed: int = 0,
                  embed_column: str | None = None, model: str = encoder.BUILTIN, batch_size: int = DEFAULT_BATCH_SIZE,
+                 codec: str | None = None, max_bytes_per_vector: float | None = None,
                  log: Callable[[str], None] = logging.getLogger(__name__).info):
         super().__init__()
         self.embed_column, self.model, self.batch_size = embed_column, model, batch_size
         self.model_identity = encoder.identity(model).to_json() if embed_column is not None else None
         self.settings = BuildSettings(partitioner, min_partition_rows, max_partition_rows, metric, sample_rows, seed,
-                                      recall_target, shard_spec).checked()
+                                      recall_target, shard_spec, codec, max_bytes_per_vector).checked()
         self.output, self.dimension = absolute(output), dimension
         self.workload = workload if isinstance(workload, QueryLog) else read_workload(workload, dimension) \
             if isinstance(workload, str) else QueryLog(list(workload or []))
@@ -350,14 +393,23 @@ class BuildIndex(beam.PTransform):
                                                log)
         checked = blocks | "Validate" >> Validate("items", beam.pvalue.AsSingleton(
             shape | "Dimension" >> beam.Map(lambda sh: sh.dimension)))
-        built = (checked.valid | "Assign" >> AssignPartitions(plan)
-                 | "BuildShards" >> BuildShards(self.output, plan, parts, s.metric, s.shard_spec, s.recall_target,
-                                                s.seed))
+        assigned = checked.valid | "Assign" >> AssignPartitions(plan)
+        codec = None
+        if s.codec is not None:
+            codec = sample | "FitCodec" >> beam.Map(_fit_build_codec, beam.pvalue.AsSingleton(shape), s, log)
+            codec_entry = codec | "SaveCodec" >> beam.Map(_save_codec, self.output)
+            assigned = assigned | "Encode" >> beam.Map(_encode_partition, beam.pvalue.AsSingleton(codec),
+                                                       beam.pvalue.AsSingleton(parts))
+        else:
+            codec_entry = items.pipeline | "NoCodec" >> beam.Create([None])
+        built = assigned | "BuildShards" >> BuildShards(self.output, plan, parts, s.metric, s.shard_spec,
+                                                        s.recall_target, s.seed, codec)
         recall = (built.heldout | "Partials" >> beam.combiners.ToList()
                   | "HeldoutRecall" >> beam.Map(_summarize, beam.pvalue.AsSingleton(parts), s.recall_target))
         index = (built.entries | "Entries" >> beam.combiners.ToList()
                  | "WriteManifest" >> beam.Map(_write_manifest, beam.pvalue.AsSingleton(plan),
                                                beam.pvalue.AsSingleton(shape), beam.pvalue.AsSingleton(recall),
-                                               self.output, s.metric, self.model_identity))
+                                               beam.pvalue.AsSingleton(codec_entry), self.output, s.metric,
+                                               self.model_identity))
         rejected = (*embedded_rejected, checked[REJECTED], built[REJECTED]) | "Rejected" >> beam.Flatten()
         return BuildResult(index, rejected)
