@@ -39,6 +39,8 @@ QUANTIZERS = ("F32", "F16", "SQ8", "PQ")
 REDUCTIONS = ("PCA", "OOD")
 # Centroids per product-quantization sub-space (one byte a code).
 PQ_CENTROIDS = 256
+# Rows each PQ sub-space trains its centroids on (64 per centroid; faiss asks for at least 39).
+PQ_TRAINING_ROWS = 64 * PQ_CENTROIDS
 # Rows encoded at once by PQ (bounds its distance matrix).
 _PQ_BLOCK = 16_384
 # Eigenvalues below this share of the largest are floored when the OOD projection whitens.
@@ -173,8 +175,10 @@ class Codec:
             arrays["step"] = np.where(high > low, (high - low) / 255, 1).astype(np.float32)
         elif spec.quantizer == "PQ":
             width = codec.code_dimension // spec.subspaces
+            train = reduced if len(reduced) <= PQ_TRAINING_ROWS else reduced[np.sort(
+                np.random.default_rng([seed, 17]).choice(len(reduced), PQ_TRAINING_ROWS, replace=False))]
             arrays["centroids"] = np.stack([
-                _centroids(reduced[:, j * width:(j + 1) * width], seed + j) for j in range(spec.subspaces)])
+                _centroids(train[:, j * width:(j + 1) * width], seed + j) for j in range(spec.subspaces)])
         return codec
 
     def reduce(self, vectors: np.ndarray, prepared: bool = False) -> np.ndarray:

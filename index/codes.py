@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 # Rows decoded at once when scoring.
 _BLOCK = 8_192
+# Queries whose PQ look-up tables are built at once.
+_PQ_QUERIES = 64
 
 
 class CodeMatrix:
@@ -82,11 +84,16 @@ class CodeMatrix:
         by compiled kernels reading the codes directly."""
         rows = np.ascontiguousarray(rows, np.int64)
         quantizer = self.codec.spec.quantizer
-        if quantizer == "PQ":
+        if quantizer == "PQ":  # per query, its inner products with every centroid: a few at a time
             centroids = self.codec.arrays["centroids"]  # (m, 256, width)
             m, _, width = centroids.shape
-            tables = np.einsum("imw,mcw->imc", queries.reshape(len(queries), m, width), centroids)
-            return _rescore_pq(np.ascontiguousarray(tables, np.float32), self.codes, rows)
+            out = np.empty(rows.shape, np.float32)
+            for lo in range(0, len(queries), _PQ_QUERIES):
+                q = queries[lo:lo + _PQ_QUERIES]
+                tables = np.einsum("imw,mcw->imc", q.reshape(len(q), m, width), centroids)
+                out[lo:lo + len(q)] = _rescore_pq(np.ascontiguousarray(tables, np.float32), self.codes,
+                                                  rows[lo:lo + len(q)])
+            return out
         queries = np.ascontiguousarray(queries, np.float32)
         if quantizer == "F16":
             return _rescore_lut(queries, self.codes.view(np.uint16), rows, _F16)

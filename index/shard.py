@@ -52,6 +52,8 @@ _CALIBRATION_FETCHES = (10, 128, 512)
 _CALIBRATION_MARGIN = 0.02
 # Unfiltered top-10 typically needs a few percent of the leaves: the first guess is 1/16 of them.
 _CALIBRATION_FIRST_GUESS = 16
+# Queries re-ranked at once: bounds their gathered full-precision candidates.
+_RERANK_QUERIES = 256
 
 
 
@@ -268,12 +270,16 @@ class Shard:
     def _rerank(self, queries: np.ndarray, found: "ShardResult", k: int) -> "ShardResult":
         """The top ``k`` of each query's candidates (``found``), re-scored with the full-precision vectors."""
         rows = found.rows
+        keys = np.empty(rows.shape, np.float32)
+        full = self.exact_rows()
         with found.stats.timed("rerank"):
-            full = self.exact_rows()[np.maximum(rows, 0).reshape(-1)].reshape(*rows.shape, -1)
-            keys = np.einsum("ijk,ik->ij", full, queries)
-            if self.metric == "squared_l2":
-                keys = 2 * keys - np.einsum("ijk,ijk->ij", full, full) - np.einsum("ij,ij->i", queries, queries)[:, None]
-            keys = np.where(rows >= 0, keys, -np.inf).astype(np.float32)
+            for lo in range(0, len(rows), _RERANK_QUERIES):  # bounds the gathered vectors
+                block, q = rows[lo:lo + _RERANK_QUERIES], queries[lo:lo + _RERANK_QUERIES]
+                vectors = full[np.maximum(block, 0).reshape(-1)].reshape(*block.shape, -1)
+                dots = np.einsum("ijk,ik->ij", vectors, q)
+                if self.metric == "squared_l2":
+                    dots = 2 * dots - np.einsum("ijk,ijk->ij", vectors, vectors) - np.einsum("ij,ij->i", q, q)[:, None]
+                keys[lo:lo + len(block)] = np.where(block >= 0, dots, -np.inf)
             pos, best = selection.top_k(keys, k)
         out = np.take_along_axis(rows, np.maximum(pos, 0), axis=1)
         out[pos < 0] = -1

@@ -67,3 +67,27 @@ def test_build_with_defaults_falls_back_to_hash_and_native_logs_show_only_when_v
     assert native == []
     # The same build with --verbose shows ScaNN's own lines (it trains trees here).
     assert any(cli.quiet.NATIVE_LOG.match(line.encode()) for line in verbose.stderr.splitlines())
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--codec", "SQ7"], "bad codec spec 'SQ7'"),
+    (["--codec", "auto"], "codec 'auto' needs a positive max_bytes_per_vector"),
+])
+def test_a_bad_codec_is_an_error_before_any_work(files, flags, message):
+    with pytest.raises(SystemExit, match=message):
+        cli.main(["--verbose", "build", "--items", str(files / "items.parquet"), "--output", str(files / "never"),
+                  *flags])
+    assert not (files / "never").exists()
+
+
+def test_build_with_a_codec_and_query_it(files, capsys):
+    from beamvec.index import Index
+
+    cli.main(["build", "--items", str(files / "items.parquet"), "--output", str(files / "coded"),
+              "--min-partition-rows", "1500", "--max-partition-rows", "5000", "--shard-spec", "Tree20,AH2,Reorder40",
+              "--codec", "pca8,sq8,rerank"])
+    assert "codec: PCA8,SQ8,Rerank" in capsys.readouterr().out
+    assert Index.open(str(files / "coded")).manifest.codec["spec"] == "PCA8,SQ8,Rerank"
+    cli.main(["query", "--index", str(files / "coded"), "--queries", str(files / "queries.parquet"),
+              "--output", str(files / "coded-out")])
+    assert "queries: read 50 = answered 50 + rejected 0" in capsys.readouterr().out
