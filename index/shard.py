@@ -22,7 +22,7 @@ With a codec (:mod:`beamvec.index.codec`) a shard keeps its rows' codes, not the
 the pre-filter scores the codes (:class:`beamvec.index.codes.CodeMatrix`), ScaNN's tree and
 asymmetric hashing are trained on the decoded vectors and its candidates are re-scored from the
 codes; queries are reduced to the code space by the codec. A codec that re-ranks has each
-shard find ``rerank_factor * k`` candidates so and re-score them with the full-precision
+shard find ``rerank_factor * k`` candidates from its codes and re-score them with the full-precision
 vectors (read lazily from their own file).
 """
 

@@ -44,7 +44,11 @@ def _bench(args: argparse.Namespace, extra: list[str]) -> int:
     from beamvec.pipelines import bench
 
     items = args.items or (", ".join(f"{n:,}" for n in args.sizes) if args.suite == "scale" else f"{args.num_items:,}")
-    if args.suite == "embed":
+    if args.suite == "codecs":
+        also = f" and {args.items}" if args.items else ""
+        print(f"beamvec bench codecs: {args.generator} {args.num_items:,} x {args.dimension}-d{also}, "
+              f"{args.num_queries} queries", flush=True)
+    elif args.suite == "embed":
         texts = f"{args.num_items:,}" if args.num_items else "all"
         print(f"beamvec bench embed: {texts} texts of {args.items}, models {', '.join(args.models)}", flush=True)
     else:
