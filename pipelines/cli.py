@@ -142,6 +142,7 @@ def _print_counts(counts: dict[str, int]) -> None:
 
 
 def _build(args: argparse.Namespace, extra: list[str]) -> int:
+    from beamvec.index.codec import CodecError
     from beamvec.index.manifest import Manifest
     from beamvec.pipelines import jobs
     from beamvec.transforms import BuildSettings
@@ -152,8 +153,12 @@ def _build(args: argparse.Namespace, extra: list[str]) -> int:
                                  args.max_bytes_per_vector).checked()
     except ValueError as e:
         raise SystemExit(f"beamvec build: {e}") from None
-    _print_counts(jobs.build(args.items, args.output, beam_options(extra), args.workload, settings,
-                             embed_column=args.embed_column, model=args.model))
+    try:
+        counts = jobs.build(args.items, args.output, beam_options(extra), args.workload, settings,
+                            embed_column=args.embed_column, model=args.model)
+    except CodecError as e:  # e.g. --codec auto found none within the budget
+        raise SystemExit(f"beamvec build: {e}") from None
+    _print_counts(counts)
     manifest = Manifest.read(args.output)
     if manifest.codec is not None:
         print(f"codec: {manifest.codec['spec']}")
