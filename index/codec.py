@@ -249,7 +249,7 @@ class Codec:
         """``codec.json``: format, spec, metric, dimension, and each array's shape, dtype and sha256."""
         return {"format": FORMAT, "version": FORMAT_VERSION, "spec": self.spec.text(), "metric": self.metric,
                 "dimension": self.dimension,
-                "arrays": {name: {"shape": list(a.shape), "dtype": a.dtype.str, "sha256": _sha(_npy(a))}
+                "arrays": {name: {"shape": list(a.shape), "dtype": a.dtype.str, "sha256": _sha(npy_bytes(a))}
                            for name, a in sorted(self.arrays.items())}}
 
     @property
@@ -262,7 +262,7 @@ class Codec:
         filesystem = fs.filesystem_for(path)
         filesystem.makedirs(path)
         for name, a in sorted(self.arrays.items()):
-            filesystem.write_bytes(filesystem.join(path, f"{name}.npy"), _npy(a))
+            filesystem.write_bytes(filesystem.join(path, f"{name}.npy"), npy_bytes(a))
         filesystem.write_bytes(filesystem.join(path, HEADER), json.dumps(self.header(), indent=2, sort_keys=True).encode())
 
     @classmethod
@@ -374,7 +374,8 @@ def _check_arrays(codec: Codec, path: str) -> None:
         raise CodecError(f"{path}: arrays {got} do not fit codec {codec.spec.text()} (expected float32 {need})")
 
 
-def _npy(array: np.ndarray) -> bytes:
+def npy_bytes(array: np.ndarray) -> bytes:
+    """An array as the bytes of its ``.npy`` file (no pickle)."""
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()

@@ -255,6 +255,13 @@ def validate_queries(table: pa.Table, dimension: int, row_offset: int = 0) -> Va
     return split_rows(table, vectors, bad, QUERY_ID, row_offset)
 
 
+def vectors_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """The (n, d) float32 matrix of a column :func:`vectors_array` wrote (rows already validated)."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    values = column.values[column.offset * column.type.list_size:][:len(column) * column.type.list_size]
+    return values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(column), -1)
+
+
 def vectors_array(vectors: np.ndarray) -> pa.FixedSizeListArray:
     """A (n, d) float array as an Arrow fixed_size_list<float32>[d] column."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)

@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 from beamvec.index import costs, exact, layout, selection, shardfile
-from beamvec.index.codec import Codec
+from beamvec.index.codec import Codec, npy_bytes
 from beamvec.index.codes import CodeMatrix
 from beamvec.index.columns import Columns
 from beamvec.index.masks import MaskCache
@@ -470,7 +470,7 @@ class Shard:
     def save(self, path: str) -> None:
         """Write the shard as a directory (:mod:`beamvec.index.shardfile`); with a codec that
         re-ranks, its full-precision vectors beside it."""
-        full = shardfile.npy_bytes(np.ascontiguousarray(self.exact_rows(), np.float32)) if self.reranks else None
+        full = npy_bytes(np.ascontiguousarray(self.exact_rows(), np.float32)) if self.reranks else None
         shardfile.write(path, self._searcher, self.attributes,
                         self.header(None if full is None else hashlib.sha256(full).hexdigest()),
                         codes=self.vectors.codes if self.codec is not None else None, full=full)

@@ -130,12 +130,6 @@ def full_path(path: str) -> str:
     return path.rstrip("/") + FULL_SUFFIX
 
 
-def npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
 def write(path: str, searcher, attributes: pa.Table, header: dict, codes: np.ndarray | None = None,
           full: bytes | None = None) -> None:
     """Write a shard's directory at ``path`` (any filesystem), whole; ``codes`` for a shard with a

@@ -34,7 +34,7 @@ from beamvec.index.manifest import Manifest, PartitionEntry, partition_id
 from beamvec.index.plan import PartitionPlan, check_partitioner, fit_plan, plan_from_json
 from beamvec.index.querylog import QueryLog, read_workload
 from beamvec.index.codec import Codec, save_in_index
-from beamvec.index.schema import ID, VECTOR, Validated, check_vectors, validate_items, vectors_array
+from beamvec.index.schema import ID, VECTOR, Validated, validate_items, vectors_array, vectors_matrix
 from beamvec.index.shard import Shard
 from beamvec.index.shardspec import ShardConfig
 from beamvec.transforms.codec import CODES, check_codec_spec, encode_table, fit_codec, validate_encoded
@@ -207,8 +207,7 @@ def _encode_partition(element: tuple[int, pa.Table], codec: Codec, parts: tuple)
     """A partition's rows with their vectors encoded; the vectors stay when the shard needs them
     (a codec that re-ranks, or held-out queries measured against the exact answer)."""
     ordinal, table = element
-    dimension = table.schema.field(VECTOR).type.list_size
-    vectors, _ = check_vectors(table.column(VECTOR), dimension)
+    vectors = vectors_matrix(table.column(VECTOR))
     keep = codec.spec.rerank or (parts[1] is not None and len(parts[1]) > 0)
     return ordinal, encode_table(table, vectors, codec, keep)
 
@@ -253,7 +252,7 @@ class _BuildShard(beam.DoFn):
         vectors, codes = validated.vectors, None
         if codec is not None:
             codes = validated.vectors
-            vectors = check_vectors(rows.column(VECTOR), codec.dimension)[0] if VECTOR in rows.column_names else None
+            vectors = vectors_matrix(rows.column(VECTOR)) if VECTOR in rows.column_names else None
         shard = Shard.build(rows.column("id").combine_chunks(), vectors,
                             rows.drop_columns([c for c in (VECTOR, CODES) if c in rows.column_names]),
                             metric=self.metric, config=self.config,
