@@ -40,6 +40,29 @@ class FileSystem(abc.ABC):
     def makedirs(self, path: str) -> None:
         """Create a directory and its parents (no-op if it exists)."""
 
+    @abc.abstractmethod
+    def listdirs(self, path: str) -> list[str]:
+        """Names of the directories directly in a directory, sorted."""
+
+    @abc.abstractmethod
+    def delete_tree(self, path: str) -> None:
+        """Remove a directory and everything under it (no-op if it does not exist)."""
+
+    @abc.abstractmethod
+    def copy_tree(self, source: str, destination: str) -> None:
+        """Copy a directory's files (recursively) to ``destination``; the copy may share storage
+        with the source (hard links) as files are never modified in place."""
+
+    def copy_file(self, source: str, destination: str) -> None:
+        """Copy one file."""
+        self.write_bytes(destination, self.read_bytes(source))
+
+    @contextlib.contextmanager
+    def lock(self, path: str) -> Iterator[None]:
+        """Hold an exclusive lock named by ``path`` for the block, where the store has locks (a
+        local disk); elsewhere, no lock."""
+        yield
+
     def join(self, base: str, *parts: str) -> str:
         """Join path components with '/'."""
         return "/".join([base.rstrip("/"), *parts])
@@ -89,6 +112,32 @@ class LocalFileSystem(FileSystem):
     def makedirs(self, path: str) -> None:
         os.makedirs(path, exist_ok=True)
 
+    def listdirs(self, path: str) -> list[str]:
+        return sorted(n for n in os.listdir(path) if os.path.isdir(os.path.join(path, n)))
+
+    def delete_tree(self, path: str) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+    def copy_tree(self, source: str, destination: str) -> None:
+        shutil.copytree(source, destination, copy_function=_link_or_copy, dirs_exist_ok=True)
+
+    def copy_file(self, source: str, destination: str) -> None:
+        os.makedirs(os.path.dirname(destination) or ".", exist_ok=True)
+        if os.path.exists(destination):
+            os.remove(destination)
+        _link_or_copy(source, destination)
+
+    @contextlib.contextmanager
+    def lock(self, path: str) -> Iterator[None]:
+        import fcntl
+
+        with open(path, "a") as f:  # released by the OS if this process dies
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
     def join(self, base: str, *parts: str) -> str:
         return os.path.join(base, *parts)
 
@@ -102,6 +151,14 @@ class LocalFileSystem(FileSystem):
         self.makedirs(path)
         for name in sorted(os.listdir(local_dir)):
             shutil.copyfile(os.path.join(local_dir, name), os.path.join(path, name))
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    """A hard link where the disk allows one, else a copy."""
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copyfile(source, destination)
 
 
 _REGISTRY: dict[str, FileSystem] = {}

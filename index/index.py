@@ -20,6 +20,7 @@ from threadpoolctl import threadpool_limits
 
 from beamvec.index import exact, fs
 from beamvec.index.codec import Codec, CodecSpec, fit_sample, save_in_index
+from beamvec.index.fingerprint import build_context, partition_fingerprint
 from beamvec.index.manifest import Manifest, PartitionEntry, check_relative_path, checksum, partition_id
 from beamvec.index.plan import PartitionPlan, SinglePlan, plan_from_json
 from beamvec.index.predicate import MATCH_ALL, Predicate
@@ -82,10 +83,11 @@ def build_index(
     the shards store the vectors' codes; a spec is fitted on the ``sample_rows`` items with the
     smallest id hashes, as a Beam build does (OOD also on the log's calibration queries), and
     the codec is saved in the index.
-    Shards are written first, the manifest last, so a reader never sees an index
-    whose shards are not all in place.
+    The index is written as a new version (:mod:`beamvec.index.versions`): shards first, the
+    manifest last, then published once every shard matches its checksum, so a reader never sees
+    an index whose shards are not all in place. Returns the manifest.
     """
-    from beamvec.index import querylog
+    from beamvec.index import querylog, versions
 
     ids = ids if isinstance(ids, pa.Array) else pa.array(list(ids))
     vectors = np.asarray(vectors, np.float32)
@@ -96,30 +98,47 @@ def build_index(
     routed = querylog.route(plan, calibration) if calibration is not None else None
     assignment = plan.assign(table, vectors)
     descriptions = plan.descriptions()
-    fs.filesystem_for(path).makedirs(path)
+    name = versions.new_version()
+    version = versions.version_path(path, name)
+    fs.filesystem_for(path).makedirs(version)
     if isinstance(codec, (str, CodecSpec)):
         codec = fit_sample(codec, ids, vectors, metric, None if calibration is None else calibration.vectors, seed,
                            sample_rows)
-    codec_entry = save_in_index(path, codec) if codec is not None else None
+    codec_entry = save_in_index(version, codec) if codec is not None else None
     entries, partials = [], []
+    plan_json = plan.to_json()
     for ordinal in range(plan.num_partitions):
         rows = np.flatnonzero(assignment == ordinal)
         if len(rows) == 0:
             continue
         taken = pa.array(rows)
-        shard = Shard.build(ids.take(taken), vectors[rows], attributes.take(taken), metric=metric, config=config,
+        queries = None if routed is None else calibration.vectors[routed[ordinal]]
+        part_ids, part_attributes = ids.take(taken), attributes.take(taken)
+        codes = codec.encode(exact.prepare(vectors[rows], metric)) if codec is not None else None
+        fingerprint = partition_fingerprint(
+            part_ids, vectors[rows] if codes is None else codes, part_attributes,
+            build_context(metric, config, recall_target, seed, plan_json, ordinal, codec and codec.checksum), queries)
+        shard = Shard.build(part_ids, vectors[rows], part_attributes, metric=metric, config=config,
                             recall_target=recall_target, seed=seed, row_order=plan.row_order,
-                            calibration_queries=None if routed is None else calibration.vectors[routed[ordinal]],
-                            codec=codec)
-        entries.append(write_shard(path, partition_id(ordinal), shard, descriptions[ordinal]))
+                            calibration_queries=queries, codec=codec, codes=codes)
+        entries.append(dataclasses.replace(write_shard(version, partition_id(ordinal), shard, descriptions[ordinal]),
+                                           fingerprint=fingerprint))
         if heldout is not None:  # measured while the shard is in memory, as a Beam build does
             partials.append(querylog.heldout_partial(shard, ordinal, plan, heldout))
-    manifest = Manifest(metric, vectors.shape[1], id_type_name(ids), tuple(entries), plan.to_json(), codec=codec_entry)
+    manifest = Manifest(metric, vectors.shape[1], id_type_name(ids), tuple(entries), plan_json, codec=codec_entry,
+                        build=build_settings(metric, config, recall_target, seed),
+                        workload=querylog.save_in_index(version, log))
     if heldout is not None:
         recall = querylog.summarize_partials(partials, len(heldout), querylog.HELDOUT_K, recall_target)
         manifest = dataclasses.replace(manifest, heldout_recall=recall)
-    manifest.write(path)
+    manifest.write(version)
+    versions.publish(path, name, kind="build", rebuilt=len(entries), reused=0)
     return manifest
+
+
+def build_settings(metric: str, config: str | None, recall_target: float, seed: int, **more) -> dict:
+    """The manifest's record of how its shards were built (what a reindex rebuilds them with)."""
+    return {"metric": metric, "shard_spec": config, "recall_target": recall_target, "seed": seed, **more}
 
 
 class Index:
@@ -147,8 +166,12 @@ class Index:
 
     @classmethod
     def open(cls, path: str, verify: bool = True, workers: int | None = None) -> "Index":
-        """Open the index at ``path``. With ``verify``, each shard's checksum is checked when it loads."""
-        return cls(path, Manifest.read(path), verify, workers)
+        """Open the index at ``path``: its published version (:func:`beamvec.index.versions.resolve`,
+        read once: a version published later is not seen). With ``verify``, each shard's checksum is
+        checked when it loads."""
+        from beamvec.index.versions import open_manifest
+
+        return cls(*open_manifest(path), verify, workers)
 
     @property
     def metric(self) -> str:
@@ -186,7 +209,7 @@ class Index:
         """Top-k items per query under its predicate.
 
         ``vectors`` is (n, d) float32; ``predicates`` n texts or Predicates (None or
-        '' = no filter). Returns (ids, scores), each (n, k), best first: ids as given
+        '' = no filter). Returns (ids, scores), each (n, min(k, rows in the index)), best first: ids as given
         at build (int64 padded with -1, or strings in an object array padded with
         None), scores float32 padded with NaN. ``stats`` adds up where the time went
         (:class:`beamvec.index.stats.SearchStats`; ``stats.profile()`` prints it).
@@ -194,6 +217,12 @@ class Index:
         vectors = np.asarray(vectors, np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dimension:
             raise ValueError(f"query vectors have shape {vectors.shape}; the index has dimension {self.dimension}")
+        if not np.isfinite(vectors).all():
+            bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+            raise ValueError(f"{len(bad)} query vectors hold NaN or infinite values (the first: query {bad[0]})")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        k = int(min(k, max(self.manifest.num_rows, 1)))  # no more neighbours than items
         n = len(vectors)
         with self.stats.timed("predicates"):
             if predicates is not None and len(predicates) != n:

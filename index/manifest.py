@@ -6,7 +6,12 @@ every row in it satisfies; '' for none), row count, shard path (relative to the
 index directory, never escaping it) and content checksum. When the build's
 workload log carried query vectors, ``heldout_recall`` records the recall the built
 index reached on the log's held-out queries (see :mod:`beamvec.index.querylog`);
-manifests without it (older ones, or logs without vectors) read as None.
+manifests without it (older ones, or logs without vectors) read as None. Each partition also
+records its content ``fingerprint`` (:func:`beamvec.index.fingerprint.partition_fingerprint`): a
+reindex reuses a shard whose partition's fingerprint is unchanged. ``build`` records the settings
+the index was built with (what a reindex rebuilds with), ``workload`` the workload log saved with
+it (``{"path", "checksum", "plan_fit"}``). A manifest lives in its version's directory
+(:mod:`beamvec.index.versions`); its paths are relative to that directory.
 """
 
 from __future__ import annotations
@@ -31,13 +36,15 @@ class ManifestError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class PartitionEntry:
-    """One partition: its id, description (predicate text, '' = none), rows, shard path and checksum."""
+    """One partition: its id, description (predicate text, '' = none), rows, shard path, checksum and
+    content fingerprint ('' when unknown: an older index)."""
 
     id: str
     description: str
     rows: int
     path: str
     checksum: str
+    fingerprint: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +73,8 @@ class Manifest:
     heldout_recall: dict | None = None
     model: dict | None = None
     codec: dict | None = None
+    build: dict | None = None
+    workload: dict | None = None
 
     @property
     def num_rows(self) -> int:
@@ -88,6 +97,8 @@ class Manifest:
             **({"heldout_recall": self.heldout_recall} if self.heldout_recall is not None else {}),
             **({"model": self.model} if self.model is not None else {}),
             **({"codec": self.codec} if self.codec is not None else {}),
+            **({"build": self.build} if self.build is not None else {}),
+            **({"workload": self.workload} if self.workload is not None else {}),
         }
 
     @classmethod
@@ -96,9 +107,12 @@ class Manifest:
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
             raise ManifestError(f"not a beamvec index manifest (format {obj.get('format') if isinstance(obj, dict) else None!r})")
         if obj.get("version") != FORMAT_VERSION:
-            raise ManifestError(f"manifest version {obj.get('version')!r}; this beamvec reads version {FORMAT_VERSION}")
+            raise ManifestError(f"manifest version {obj.get('version')!r}: written by a newer beamvec? this one reads "
+                                f"version {FORMAT_VERSION}")
         try:
-            partitions = tuple(PartitionEntry(**p) for p in obj["partitions"])
+            if not isinstance(obj["partitions"], list):
+                raise TypeError("partitions must be a list")
+            partitions = tuple(_entry(p) for p in obj["partitions"])
             heldout = obj.get("heldout_recall")
             if heldout is not None and not isinstance(heldout, dict):
                 raise TypeError(f"heldout_recall must be an object, got {type(heldout).__name__}")
@@ -110,8 +124,21 @@ class Manifest:
                 if not isinstance(codec, dict) or not all(isinstance(codec.get(f), str) for f in ("spec", "path", "checksum")):
                     raise TypeError(f"codec must be an object with spec, path and checksum strings, got {codec!r}")
                 check_relative_path(codec["path"])
-            manifest = cls(str(obj["metric"]), int(obj["dimension"]), str(obj["id_type"]), partitions, obj.get("plan"),
-                           heldout, model, codec)
+            for field in ("plan", "build", "workload"):
+                if obj.get(field) is not None and not isinstance(obj[field], dict):
+                    raise TypeError(f"{field} must be an object, got {type(obj[field]).__name__}")
+            workload = obj.get("workload")
+            if workload is not None:
+                check_relative_path(str(workload.get("path")))
+            if obj["metric"] not in ("dot_product", "cosine", "squared_l2"):
+                raise ValueError(f"unknown metric {obj['metric']!r}")
+            if obj["id_type"] not in ("int64", "string"):
+                raise ValueError(f"unknown id type {obj['id_type']!r}")
+            dimension = obj["dimension"]
+            if not isinstance(dimension, int) or isinstance(dimension, bool) or dimension < 1:
+                raise ValueError(f"dimension must be a positive integer, got {dimension!r}")
+            manifest = cls(obj["metric"], dimension, obj["id_type"], partitions, obj.get("plan"),
+                           heldout, model, codec, obj.get("build"), workload)
         except (KeyError, TypeError, ValueError) as e:
             raise ManifestError(f"malformed manifest: {e}") from e
         seen = set()
@@ -134,11 +161,32 @@ class Manifest:
         path = filesystem.join(index_path, MANIFEST)
         if not filesystem.exists(path):
             raise ManifestError(f"{index_path}: no {MANIFEST} (not an index, or its build did not finish)")
-        try:
-            obj = json.loads(filesystem.read_bytes(path))
-        except ValueError as e:
-            raise ManifestError(f"{path}: not valid JSON: {e}") from e
-        return cls.from_json(obj)
+        return read_checked(path, cls.from_json)
+
+
+def read_checked(path: str, parse):
+    """``parse`` of the JSON file at ``path``; ManifestError naming the file when it is not valid JSON
+    (truncated or overwritten) or ``parse`` refuses it."""
+    try:
+        obj = json.loads(fs.filesystem_for(path).read_bytes(path))
+    except ValueError as e:
+        raise ManifestError(f"{path}: not valid JSON (truncated or overwritten?): {e}") from None
+    try:
+        return parse(obj)
+    except ManifestError as e:
+        raise ManifestError(f"{path}: {e}") from None
+
+
+def _entry(obj) -> PartitionEntry:
+    if not isinstance(obj, dict):
+        raise TypeError(f"a partition must be an object, got {type(obj).__name__}")
+    entry = PartitionEntry(**obj)
+    for field in ("id", "description", "path", "checksum", "fingerprint"):
+        if not isinstance(getattr(entry, field), str):
+            raise TypeError(f"partition {field} must be a string, got {getattr(entry, field)!r}")
+    if not isinstance(entry.rows, int) or isinstance(entry.rows, bool) or entry.rows < 0:
+        raise TypeError(f"partition rows must be a count, got {entry.rows!r}")
+    return entry
 
 
 def check_relative_path(path: str) -> str:
@@ -153,6 +201,11 @@ def check_relative_path(path: str) -> str:
 def partition_id(ordinal: int) -> str:
     """The id of a plan's partition: p00000, p00001, ..."""
     return f"p{ordinal:05d}"
+
+
+def partition_ordinal(pid: str) -> int:
+    """The plan ordinal of partition id ``pid`` (p00003 -> 3)."""
+    return int(pid[1:])
 
 
 def checksum(shard_path: str) -> str:

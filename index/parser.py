@@ -14,7 +14,7 @@ from typing import Any, NamedTuple, NoReturn
 
 from beamvec.index.predicate import (
     _KEYWORDS, _TOKEN, MATCH_ALL, MAX_DEPTH, And, Between, BoolColumn, Compare, In, IsNull, Not, Or, Predicate,
-    PredicateError, Value,
+    PredicateError, Value, quote_identifier,
 )
 
 
@@ -72,6 +72,15 @@ def _tokenize(text: str) -> list[_Token]:
             continue
         match = _TOKEN.match(text, pos)
         if match is None:
+            if char.isalnum():  # a letter or digit outside ASCII, within or starting a name
+                start, end = pos, pos
+                while start > 0 and (text[start - 1].isalnum() or text[start - 1] == "_"):
+                    start -= 1
+                while end < len(text) and (text[end].isalnum() or text[end] == "_"):
+                    end += 1
+                name = text[start:end]
+                raise PredicateError(f"unexpected character {char!r}: quote a column name that is not plain "
+                                     f"ASCII: {quote_identifier(name)}", pos, "a quoted identifier")
             raise PredicateError(f"unexpected character {char!r}", pos)
         kind, word = match.lastgroup, match.group()
         if kind == "num":

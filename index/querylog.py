@@ -262,6 +262,48 @@ def heldout_partial(shard: "Shard", ordinal: int, plan: "PartitionPlan", heldout
     return HeldoutPartial(ordinal, approx, approx_handles, approx_keys, reach, exact_handles, exact_keys, matches)
 
 
+def heldout_key(plan_json: dict, heldout: QueryLog) -> str:
+    """A digest of what a shard's held-out share depends on besides the shard: plan and queries."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps(plan_json, sort_keys=True).encode())
+    digest.update(json.dumps(heldout.predicates).encode())
+    digest.update(np.ascontiguousarray(heldout.vectors, np.float32).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _partial_path(version: str, partition: str, key: str) -> str:
+    filesystem = fs.filesystem_for(version)
+    return filesystem.join(version, "heldout", f"{partition}-{key}.npz")
+
+
+def save_partial(version: str, partition: str, key: str, partial: HeldoutPartial) -> None:
+    """Keep a shard's held-out share in its version (``heldout/``), for a reindex that reuses the shard."""
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **partial._asdict())
+    filesystem = fs.filesystem_for(version)
+    filesystem.makedirs(filesystem.join(version, "heldout"))
+    filesystem.write_bytes(_partial_path(version, partition, key), buffer.getvalue())
+
+
+def load_partial(version: str, partition: str, key: str) -> HeldoutPartial | None:
+    """A shard's held-out share saved by :func:`save_partial`, None when there is none (or it is unreadable)."""
+    import io
+
+    path = _partial_path(version, partition, key)
+    filesystem = fs.filesystem_for(version)
+    if not filesystem.exists(path):
+        return None
+    try:
+        with np.load(io.BytesIO(filesystem.read_bytes(path)), allow_pickle=False) as data:
+            return HeldoutPartial(**{f: (int(data[f]) if f == "ordinal" else data[f]) for f in HeldoutPartial._fields})
+    except (ValueError, KeyError, OSError):
+        return None
+
+
 def merge_heldout(partials: Sequence[HeldoutPartial], n: int,
                   k: int = HELDOUT_K) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(approximate handles, exact handles, matching rows) per held-out query, from all shards' partials.
@@ -336,6 +378,45 @@ def summarize_partials(partials: Sequence[HeldoutPartial], n: int, k: int = HELD
         return None
     approx, truth, matches = merge_heldout(partials, n, k)
     return recall_summary(exact.recall(approx, truth), matches, k, target)
+
+
+SAVED_LOG = "workload.parquet"
+
+
+def save_in_index(path: str, log: QueryLog | None) -> dict | None:
+    """Save ``log`` (predicates, and vectors where it has them) in the index version at ``path``, for
+    reindexing; its manifest entry ``{"path", "checksum"}``, None for an empty log."""
+    if log is None or not len(log):
+        return None
+    import hashlib
+
+    vectors: list = [None] * len(log)
+    if log.vectors is not None:
+        for row, vector in zip(log.vector_rows, log.vectors):
+            vectors[int(row)] = vector.tolist()
+    table = pa.table({PREDICATE: pa.array(log.predicates, pa.string()),
+                      VECTOR: pa.array(vectors, pa.list_(pa.float32()))})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    data = sink.getvalue().to_pybytes()
+    filesystem = fs.filesystem_for(path)
+    filesystem.write_bytes(filesystem.join(path, SAVED_LOG), data)
+    return {"path": SAVED_LOG, "checksum": "sha256:" + hashlib.sha256(data).hexdigest()}
+
+
+def read_from_index(path: str, entry: dict | None, dimension: int) -> QueryLog:
+    """The workload log saved in the index version at ``path`` (an empty log when there is none), its
+    checksum checked against the manifest's ``entry`` (ValueError when it does not match)."""
+    if entry is None:
+        return QueryLog([])
+    import hashlib
+
+    filesystem = fs.filesystem_for(path)
+    file = filesystem.join(path, entry["path"])
+    if "sha256:" + hashlib.sha256(filesystem.read_bytes(file)).hexdigest() != entry["checksum"]:
+        raise ValueError(f"{file} does not match the checksum its manifest records")
+    log = read_workload(file, dimension)
+    return dataclasses.replace(log, dropped=0)
 
 
 def read_workload(path: str | None, dimension: int | None = None) -> QueryLog:

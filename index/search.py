@@ -232,15 +232,21 @@ def index_codec(index_path: str, manifest: Manifest) -> Codec | None:
         return None
     key = (index_path, manifest.codec["checksum"])
     if key not in _CODECS:
-        path = fs.filesystem_for(index_path).join(index_path, check_relative_path(manifest.codec["path"]))
-        codec = Codec.load(path)
-        if codec.checksum != manifest.codec["checksum"] or codec.dimension != manifest.dimension \
-                or codec.metric != manifest.metric:
-            raise ManifestError(f"the codec at {path} ({codec.spec.text()}, {codec.checksum}) is not the one the "
-                                f"manifest names ({manifest.codec['spec']}, {manifest.codec['checksum']})")
+        codec = load_codec(index_path, manifest)
         _CODECS.clear()
         _CODECS[key] = codec
     return _CODECS[key]
+
+
+def load_codec(index_path: str, manifest: Manifest) -> Codec:
+    """The index's codec (which it must have) read from storage now and checked against the manifest."""
+    path = fs.filesystem_for(index_path).join(index_path, check_relative_path(manifest.codec["path"]))
+    codec = Codec.load(path)
+    if codec.checksum != manifest.codec["checksum"] or codec.dimension != manifest.dimension \
+            or codec.metric != manifest.metric:
+        raise ManifestError(f"the codec at {path} ({codec.spec.text()}, {codec.checksum}) is not the one the "
+                            f"manifest names ({manifest.codec['spec']}, {manifest.codec['checksum']})")
+    return codec
 
 
 def read_rows(index_path: str, manifest: Manifest, ordinal: int) -> pa.Table:

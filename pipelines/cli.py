@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import traceback
 from importlib import metadata
 
 from beamvec.pipelines import quiet
@@ -90,6 +92,13 @@ def _bench(args: argparse.Namespace, extra: list[str]) -> int:
             datasets.append((os.path.basename(args.items), items,
                              synthetic.queries_from_items(items, args.num_queries, args.seed), workload))
         codecbench.suite(datasets, args.repeats, log, args.output, args.codecs)
+    elif args.suite == "reindex":
+        from beamvec.pipelines import reindexbench, synthetic
+
+        items, _, workload = synthetic.generate(args.generator, args.num_items, args.dimension, args.num_queries,
+                                                args.seed)
+        reindexbench.suite(items, workload, extra, args.share, (args.min_partition_rows, args.max_partition_rows),
+                           args.repeats, args.seed, log=log)
     elif args.suite == "beam":
         bench.beam_suite(args.num_items, args.dimension, args.num_queries, args.min_partition_rows,
                          args.max_partition_rows, args.k, args.repeats, args.seed, extra, log=log,
@@ -125,7 +134,15 @@ def _print_counts(counts: dict[str, int]) -> None:
     # Rows embedded first are read by the embedding stage; its rejections count with the stage after it.
     read = counts.get("embed_read")
     embed_rejected = counts.get("embed_rejected", 0)
-    if "items_indexed" in counts:  # build
+    if "base_items_read" in counts:  # reindex of upserts
+        read, base = counts.get("items_read", 0), counts["base_items_read"]
+        parts = [("indexed", counts.get("items_indexed", 0)), ("rejected", counts.get("items_rejected", 0)),
+                 ("replaced", counts.get("items_replaced", 0)), ("deleted", counts.get("items_deleted", 0))]
+        total = sum(n for _, n in parts)
+        print(f"items: read {read:,} + {base:,} of the current version = "
+              + " + ".join(f"{name} {n:,}" for name, n in parts)
+              + ("" if read + base == total else "  (these do not add up: please report it)"))
+    elif "items_indexed" in counts:  # build
         lines.append(("items", "indexed", read if read is not None else counts.get("items_read", 0),
                       counts["items_indexed"], counts.get("items_rejected", 0) + embed_rejected))
     elif "items_read" in counts:  # related: one query per item
@@ -143,7 +160,7 @@ def _print_counts(counts: dict[str, int]) -> None:
 
 def _build(args: argparse.Namespace, extra: list[str]) -> int:
     from beamvec.index.codec import CodecError
-    from beamvec.index.manifest import Manifest
+    from beamvec.index.versions import open_manifest
     from beamvec.pipelines import jobs
     from beamvec.transforms import BuildSettings
 
@@ -159,10 +176,66 @@ def _build(args: argparse.Namespace, extra: list[str]) -> int:
     except CodecError as e:  # e.g. --codec auto found none within the budget
         raise SystemExit(f"beamvec build: {e}") from None
     _print_counts(counts)
-    manifest = Manifest.read(args.output)
+    path, manifest = open_manifest(args.output)
+    print(f"published version {path.rsplit('/', 1)[-1]}: {manifest.num_rows:,} items in "
+          f"{len(manifest.partitions)} partitions")
+    if counts.get("items_rejected", 0) or counts.get("embed_rejected", 0):
+        print(f"dead letters: {jobs.dead_letters(args.output)}")
     if manifest.codec is not None:
         print(f"codec: {manifest.codec['spec']}")
     print(heldout_line(manifest.heldout_recall, settings.recall_target))
+    return 0
+
+
+def _reindex(args: argparse.Namespace, extra: list[str]) -> int:
+    from beamvec.index import versions
+    from beamvec.pipelines import jobs
+
+    counts = jobs.reindex(args.index, args.items, beam_options(extra), args.workload, args.upserts, args.deletes,
+                          args.drift_threshold)
+    _print_counts(counts)
+    published = versions.read_pointer(args.index).history[-1]
+    print(f"reindex: rebuilt {published['rebuilt']} partitions, reused {published['reused']} unchanged; "
+          f"{published['why']}")
+    path, manifest = versions.open_manifest(args.index)
+    print(f"published version {published['version']}: {manifest.num_rows:,} items in "
+          f"{len(manifest.partitions)} partitions")
+    if counts.get("items_rejected", 0):
+        print(f"dead letters: {jobs.dead_letters(args.index)}")
+    print(heldout_line(manifest.heldout_recall, manifest.build["recall_target"]))
+    return 0
+
+
+def _versions(args: argparse.Namespace, extra: list[str]) -> int:
+    from beamvec.index import versions
+
+    if args.publish:
+        versions.publish(args.index, args.publish, kind="rollback")
+        print(f"published version {args.publish} (checked: every shard matches its checksum)")
+
+    print("| version | created | state | items | partitions | model | codec | held-out recall@10 | made by |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for v in versions.list_versions(args.index):
+        m, h = v.manifest, v.lineage or {}
+        made = "" if not h else h.get("kind", "build") + (
+            f": rebuilt {h['rebuilt']}, reused {h['reused']}" if "rebuilt" in h else "")
+        if m is None:
+            print(f"| {v.name} | {v.created} | {v.state} | | | | | | |")
+            continue
+        recall = f"{m.heldout_recall['mean']:.4f}" if m.heldout_recall and m.heldout_recall.get("queries") else "-"
+        model = f"{m.model['name']} {m.model['checksum'][:12]}" if m.model else "-"
+        codec = f"{m.codec['spec']} {m.codec['checksum'][7:19]}" if m.codec else "-"
+        print(f"| {v.name} | {v.created} | {v.state} | {m.num_rows:,} | {len(m.partitions)} | {model} | {codec} | "
+              f"{recall} | {made} |")
+    return 0
+
+
+def _gc(args: argparse.Namespace, extra: list[str]) -> int:
+    from beamvec.index import versions
+
+    removed = versions.gc(args.index, args.keep)
+    print(f"removed {len(removed)} version{'s' if len(removed) != 1 else ''}" + (f": {', '.join(removed)}"
+                                                                                 if removed else ""))
     return 0
 
 
@@ -256,6 +329,27 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--model", default="all-MiniLM-L6-v2", help="with --embed-column: all-MiniLM-L6-v2 "
                        "(built in), all-MiniLM-L6-v2:bfloat16, or a SavedModel / .keras path")
     build.set_defaults(run=_build)
+    reindex = sub.add_parser("reindex", help="a new version of an index from changed items, rebuilding only the "
+                             "partitions whose content changed (a Beam job)")
+    reindex.add_argument("--index", required=True, help="the index directory (its published version is the base)")
+    reindex.add_argument("--items", required=True, help="items Parquet: every item (a full snapshot), or with "
+                         "--upserts the new and changed ones")
+    reindex.add_argument("--upserts", action="store_true", help="--items holds only new and changed items")
+    reindex.add_argument("--deletes", help="with --upserts: ids to remove (Parquet with an id column, or text, one "
+                         "per line)")
+    reindex.add_argument("--workload", help="a new workload log: re-plan (a full rebuild) if the plan no longer fits it")
+    reindex.add_argument("--drift-threshold", type=float, help="re-plan when a plan fitted to the new workload scans "
+                         "less than this share of the current plan's rows (default 0.67)")
+    reindex.set_defaults(run=_reindex)
+    versions_cmd = sub.add_parser("versions", help="list an index's versions")
+    versions_cmd.add_argument("index")
+    versions_cmd.add_argument("--publish", metavar="VERSION", help="publish this complete version again (roll back "
+                              "to it), once its shards are checked")
+    versions_cmd.set_defaults(run=_versions)
+    gc = sub.add_parser("gc", help="remove old and unfinished versions of an index (never the current one or newer)")
+    gc.add_argument("index")
+    gc.add_argument("--keep", type=_positive, default=2, help="complete versions to keep, the current one included")
+    gc.set_defaults(run=_gc)
     query = sub.add_parser("query", help="answer a file of hybrid queries (a Beam job; Beam options pass through)")
     query.add_argument("--index", required=True)
     query.add_argument("--queries", required=True, help="queries Parquet: query_id, vector, predicate, k")
@@ -307,7 +401,8 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
     bench = sub.add_parser("bench", help="measure recall and throughput side by side")
-    bench.add_argument("--suite", choices=["compare", "scale", "selectivity", "partitions", "beam", "embed", "codecs"],
+    bench.add_argument("--suite", choices=["compare", "scale", "selectivity", "partitions", "beam", "embed", "codecs",
+                                                 "reindex"],
                        default="compare")
     bench.add_argument("--codecs", nargs="+", help="codecs: the codecs to compare (default: none, F16, SQ8, PQ d/4, "
                        "PCA to d/2 and d/4 with and without SQ8 and Rerank; OOD against PCA is always run)")
@@ -333,6 +428,7 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--selectivities", type=float, nargs="+", default=[0.01, 0.1, 1.0])
     bench.add_argument("--min-partition-rows", type=int, default=10_000)
     bench.add_argument("--max-partition-rows", type=int, default=100_000)
+    bench.add_argument("--share", type=float, default=0.01, help="reindex: the share of items changed")
     bench.add_argument("--k", type=int, default=10)
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--seed", type=int, default=0)
@@ -340,12 +436,72 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+USAGE_EXIT = 2
+"""The exit code of a command refused for its input (a bad flag, file, column, value): argparse's."""
+
+# The errors a user can fix (bad input or settings), by name: how a runner that runs stages in other
+# processes (PortableRunner, multi_processing) reports them, as text in a RuntimeError.
+_USER_ERRORS = ("ValueError", "PredicateError", "SchemaError", "ManifestError", "CodecError", "ModelError",
+                "InputError", "ArrowInvalid", "ArrowTypeError", "ArrowNotImplementedError", "FileNotFoundError",
+                "NotADirectoryError", "IsADirectoryError")
+_REMOTE_ERROR = re.compile(rf"^(?:[\w.]+\.)?(?:{'|'.join(_USER_ERRORS)}): (.+)$", re.MULTILINE)
+_STEP = re.compile(r" \[while running '[^']*'\]")
+
+
+def user_error(error: BaseException) -> str | None:
+    """The message of the user-facing error behind ``error`` (itself, a cause or context of it, as Beam
+    re-raises a stage's error, or one a remote worker reported), without Beam's step annotations; None
+    for anything else (a bug: it keeps its traceback)."""
+    import pyarrow as pa
+
+    local = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, pa.ArrowInvalid,
+             pa.ArrowTypeError, pa.ArrowNotImplementedError)
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, local):
+            message = str(error.args[0]) if len(error.args) == 1 and isinstance(error.args[0], str) else str(error)
+            break
+        remote = _REMOTE_ERROR.findall(str(error)) if isinstance(error, RuntimeError) else []
+        if remote:
+            message = remote[-1]
+            break
+        error = error.__cause__ or error.__context__
+    else:
+        return None
+    message = _STEP.sub("", message).strip()
+    return message if len(message) <= 1000 else message[:997] + "..."
+
+
+def _refuse(message: str) -> SystemExit:
+    """``message`` on stderr, and the SystemExit (code :data:`USAGE_EXIT`, ``str()`` the message) to raise."""
+    print(message, file=sys.stderr, flush=True)
+    refused = SystemExit(message)
+    refused.code = USAGE_EXIT
+    return refused
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command. An error in its input is ``beamvec <command>: <message>`` on stderr and exit code
+    :data:`USAGE_EXIT` (with ``--verbose``, after its traceback); other errors propagate."""
     args, extra = parser().parse_known_args(argv)
     quiet.configure(args.verbose)
-    if extra:
-        beam_options(extra)  # every flag is beamvec's or Beam's
-    return args.run(args, extra)
+    command = " ".join(c for c in (args.command, getattr(args, "model_command", None)) if c)
+    try:
+        if extra:
+            beam_options(extra)  # every flag is beamvec's or Beam's
+        return args.run(args, extra)
+    except SystemExit as e:
+        if isinstance(e.code, str):  # a command's own refusal, already "beamvec <command>: ..."
+            raise _refuse(e.code) from None
+        raise
+    except Exception as e:
+        message = user_error(e)
+        if message is None:
+            raise
+        if args.verbose:
+            traceback.print_exc()
+        raise _refuse(f"beamvec {command}: {message}") from None
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ def run(num_items: int = 50_000, num_queries: int = 5_000, dimension: int = 64, 
     start = time.perf_counter()
     counts = jobs.build(f"{work}/items-*.parquet", index_dir, options, f"{work}/workload.txt", settings)
     build_seconds = time.perf_counter() - start
-    rejected = _read(f"{index_dir}/rejected/*.parquet")
+    rejected = _read(jobs.dead_letters(index_dir))
     log(f"build: {build_seconds:.1f} s; items read {counts['items_read']} = indexed {counts['items_indexed']} "
         f"+ rejected {rejected.num_rows} ({'; '.join(sorted(set(rejected.column('reason').to_pylist())))})")
     index = Index.open(index_dir)

@@ -13,10 +13,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beamvec.index import encoder
 from beamvec.index.querylog import read_workload
-from beamvec.transforms import BuildIndex, BuildSettings, Embed, HybridSearch, ReadItems, ReadQueries, RelatedItems, \
-    WriteTables
+from beamvec.transforms import BuildIndex, BuildSettings, Embed, HybridSearch, ReadItems, ReadQueries, Reindex, \
+    RelatedItems, WriteTables
 from beamvec.transforms.embed import DEFAULT_BATCH_SIZE
 from beamvec.transforms.io import ReadTables, read_dimension
+from beamvec.transforms.search import template_columns
 from beamvec.transforms.validate import DEAD_LETTER_SCHEMA
 
 
@@ -28,10 +29,11 @@ def _counters(result) -> dict[str, int]:
     return out
 
 
-def _run(pipeline: beam.Pipeline) -> dict[str, int]:
+def _run(pipeline: beam.Pipeline, *counted: str) -> dict[str, int]:
+    """Run the pipeline; its counters, with those named in ``counted`` 0 when nothing counted them (no rows)."""
     result = pipeline.run()
     result.wait_until_finish()
-    return _counters(result)
+    return {**dict.fromkeys(counted, 0), **_counters(result)}
 
 
 def build(items: str, index: str, options: PipelineOptions, workload: str | None = None,
@@ -43,22 +45,62 @@ def build(items: str, index: str, options: PipelineOptions, workload: str | None
     query vectors, the shards calibrate on its calibration part and the manifest records
     the recall reached on its held-out part (``heldout_recall``); the counts then include
     ``workload_vectors_dropped`` when the log held unusable vectors. With ``embed_column``, the
-    items' vectors are embedded from that column by ``model`` in the same job.
+    items' vectors are embedded from that column by ``model`` in the same job. The index is
+    published as a new version; its dead letters are under ``<version>/rejected/``.
     """
     dimension = read_dimension(items) if embed_column is None else encoder.identity(model).dimension
     workload_log = read_workload(workload, dimension)
     p = beam.Pipeline(options=options)
-    built = p | "ReadItems" >> ReadItems(items, embed_column=embed_column) | "BuildIndex" >> BuildIndex(
+    transform = BuildIndex(
         index, workload=workload_log, partitioner=settings.partitioner, metric=settings.metric,
         shard_spec=settings.shard_spec, recall_target=settings.recall_target,
         min_partition_rows=settings.min_partition_rows, max_partition_rows=settings.max_partition_rows,
         sample_rows=settings.sample_rows, dimension=dimension, seed=settings.seed, embed_column=embed_column,
         model=model, codec=settings.codec, max_bytes_per_vector=settings.max_bytes_per_vector, log=log)
-    built.rejected | "WriteRejected" >> WriteTables(f"{index}/rejected/items", DEAD_LETTER_SCHEMA)
+    built = p | "ReadItems" >> ReadItems(items, embed_column=embed_column) | "BuildIndex" >> transform
+    built.rejected | "WriteRejected" >> WriteTables(f"{transform.version_path}/rejected/items", DEAD_LETTER_SCHEMA)
     counts = _run(p)
     if workload_log.dropped:
         counts["workload_vectors_dropped"] = workload_log.dropped
     return counts
+
+
+def dead_letters(index: str) -> str:
+    """Where the published version of ``index`` keeps the dead letters of the job that built it (a glob)."""
+    from beamvec.index import versions
+
+    return f"{versions.resolve(index)}/rejected/*.parquet"
+
+
+def reindex(index: str, items: str, options: PipelineOptions, workload: str | None = None, upserts: bool = False,
+            deletes: str | None = None, drift_threshold: float | None = None, log=print) -> dict[str, int]:
+    """A new version of ``index`` from items Parquet at ``items`` (a full snapshot, or with ``upserts``
+    new and changed items, and ``deletes`` a file of ids to remove); returns the counts."""
+    from beamvec.index.drift import DEFAULT_THRESHOLD
+
+    p = beam.Pipeline(options=options)
+    transform = Reindex(index, workload=workload, upserts=upserts, deletes=read_ids(deletes) if deletes else None,
+                        drift_threshold=drift_threshold or DEFAULT_THRESHOLD, log=log)
+    built = p | "ReadItems" >> ReadItems(items) | "Reindex" >> transform
+    built.rejected | "WriteRejected" >> WriteTables(f"{transform.version_path}/rejected/items", DEAD_LETTER_SCHEMA)
+    return _run(p)
+
+
+def read_ids(path: str) -> list:
+    """Ids from Parquet with an ``id`` column, or text with one id per line (integers where every line is one)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from beamvec.index import fs
+
+    data = fs.filesystem_for(path).read_bytes(path)
+    if data[:4] == b"PAR1":
+        table = pq.read_table(pa.BufferReader(data))
+        if "id" not in table.column_names:
+            raise ValueError(f"{path}: no 'id' column; columns are {', '.join(table.column_names)}")
+        return [i for i in table.column("id").to_pylist() if i is not None]
+    lines = [line.strip() for line in data.decode().splitlines() if line.strip()]
+    return [int(x) for x in lines] if all(x.lstrip("-").isdigit() for x in lines) else lines
 
 
 def query(index: str, queries: str, output: str, options: PipelineOptions, k: int = 10,
@@ -71,16 +113,18 @@ def query(index: str, queries: str, output: str, options: PipelineOptions, k: in
         index, k, query_text_column=query_text_column, model=model)
     found.results | "WriteResults" >> WriteTables(f"{output}/results")
     found.rejected | "WriteRejected" >> WriteTables(f"{output}/rejected", DEAD_LETTER_SCHEMA)
-    return _run(p)
+    return _run(p, "queries_read", "queries_answered", "queries_rejected")
 
 
 def related(index: str, items: str, template: str, output: str, options: PipelineOptions, k: int = 10) -> dict[str, int]:
     """Each item's k most similar items under ``template`` filled from its attributes."""
+    read = ReadItems(items)
+    template_columns(template, read.schema.names)
     p = beam.Pipeline(options=options)
-    found = p | "ReadItems" >> ReadItems(items) | "RelatedItems" >> RelatedItems(index, template, k)
+    found = p | "ReadItems" >> read | "RelatedItems" >> RelatedItems(index, template, k)
     found.results | "WriteResults" >> WriteTables(f"{output}/results")
     found.rejected | "WriteRejected" >> WriteTables(f"{output}/rejected", DEAD_LETTER_SCHEMA)
-    return _run(p)
+    return _run(p, "items_read", "queries_answered", "items_rejected", "queries_rejected")
 
 
 def embed(items: str, column: str, output: str, options: PipelineOptions, model: str = encoder.BUILTIN,

@@ -24,10 +24,23 @@ BEAM_CHATTER = re.compile(rb"^(?:(?:INFO|DEBUG):(?!beamvec\.)[\w.]+:|WARNING:[\w
 WORKER_PROGRESS = b"INFO:beamvec.progress:"
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is when a line is logged (not when the handler was
+    made: a caller may swap it, as a test capturing output does)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def configure(verbose: bool) -> None:
     """Set up logging for a command: beamvec's INFO lines (progress) on stderr; unless ``verbose``,
     only errors from other Python loggers and no native log lines."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     handler.setFormatter(logging.Formatter("%(message)s"))
     beamvec = logging.getLogger("beamvec")
     beamvec.handlers[:] = [handler]
@@ -35,10 +48,14 @@ def configure(verbose: bool) -> None:
     beamvec.propagate = False
     if verbose:
         logging.basicConfig(level=logging.INFO)
+        logging.getLogger("apache_beam").setLevel(logging.NOTSET)
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger().setLevel(logging.ERROR)
+    # A stage's error: Beam logs it with its traceback, then re-raises it, and the command reports it
+    # (in one line when it is the input's fault, with the traceback when it is not).
+    logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
     _filter_native_logs()
 
 

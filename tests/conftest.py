@@ -94,3 +94,33 @@ def save_text_model():
         tf.saved_model.save(module, path, signatures={"serving_default": module.ids if ints else module.texts})
 
     return _save_text_model
+
+
+@pytest.fixture(scope="session")
+def republish():
+    """Edits the published manifest of an index (a function of its JSON) and re-signs the pointer, as
+    if a build had published that manifest; returns the published version's directory."""
+    def _republish(path, edit=None) -> str:
+        import hashlib
+        import json
+
+        from beamvec.index import versions
+
+        version = versions.resolve(str(path))
+        manifest = os.path.join(version, "manifest.json")
+        if edit is not None:
+            with open(manifest) as f:
+                obj = json.load(f)
+            edit(obj)
+            with open(manifest, "w") as f:
+                json.dump(obj, f)
+            pointer_path = os.path.join(str(path), versions.POINTER)
+            with open(pointer_path) as f:
+                pointer = json.load(f)
+            with open(manifest, "rb") as f:
+                pointer["manifest"] = "sha256:" + hashlib.sha256(f.read()).hexdigest()
+            with open(pointer_path, "w") as f:
+                json.dump(pointer, f)
+        return version
+
+    return _republish

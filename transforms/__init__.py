@@ -13,8 +13,9 @@
   dicts, ``beam.Row`` s, NamedTuples or Arrow tables, as Arrow blocks.
 * :class:`Embed`: a text (or features) column -> a vector column, on Beam's RunInference with
   TensorFlow (the built-in all-MiniLM-L6-v2, or your SavedModel / Keras model).
-* :class:`BuildIndex`: items -> an index directory (:class:`BuildResult`: ``index``, ``rejected``);
-  ``codec=`` quantizes its vectors.
+* :class:`BuildIndex`: items -> a new published version of an index directory (:class:`BuildResult`:
+  ``index``, ``rejected``); ``codec=`` quantizes its vectors. :class:`Reindex`: a full snapshot, or
+  upserts and deletes -> a new version that rebuilds only the partitions whose content changed.
 * :class:`FitCodec`: items -> a codec fitted on a deterministic sample; :class:`Encode`: items +
   codec -> their codes (:class:`EncodeResult`: ``encoded``, ``rejected``).
 * :class:`HybridSearch`: queries -> each one's k nearest items under its predicate
@@ -37,10 +38,12 @@ from beamvec.transforms.build import BuildIndex, BuildResult, BuildSettings
 from beamvec.transforms.codec import Encode, EncodeResult, FitCodec
 from beamvec.transforms.embed import Embed, EmbedResult
 from beamvec.transforms.io import Block, ReadItems, ReadQueries, WriteTables
+from beamvec.transforms.reindex import Reindex
 from beamvec.transforms.search import AsNeighbors, HybridSearch, Neighbors, RelatedItems, SearchResult
 from beamvec.transforms.validate import DEAD_LETTER_SCHEMA
 
 filesystem.register()
 
 __all__ = ["AsNeighbors", "Block", "BuildIndex", "BuildResult", "BuildSettings", "DEAD_LETTER_SCHEMA", "Embed",
-           "EmbedResult", "Encode", "EncodeResult", "FitCodec", "HybridSearch", "Neighbors", "ReadItems", "ReadQueries", "RelatedItems", "SearchResult", "WriteTables"]
+           "EmbedResult", "Encode", "EncodeResult", "FitCodec", "HybridSearch", "Neighbors", "ReadItems", "ReadQueries", "Reindex", "RelatedItems",
+           "SearchResult", "WriteTables"]

@@ -27,16 +27,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
-from beamvec.index import encoder, exact, querylog
+from beamvec.index import encoder, exact, fs, querylog, versions
+from beamvec.index.fingerprint import build_context, partition_fingerprint
 from beamvec.index.hashing import id_hashes
-from beamvec.index.index import id_type_name, write_shard
-from beamvec.index.manifest import Manifest, PartitionEntry, partition_id
+from beamvec.index.index import build_settings, id_type_name, write_shard
+from beamvec.index.manifest import Manifest, PartitionEntry, check_relative_path, partition_id
 from beamvec.index.plan import PartitionPlan, check_partitioner, fit_plan, plan_from_json
 from beamvec.index.querylog import QueryLog, read_workload
 from beamvec.index.codec import Codec, save_in_index
 from beamvec.index.schema import ID, VECTOR, Validated, validate_items, vectors_array, vectors_matrix
 from beamvec.index.shard import Shard
 from beamvec.index.shardspec import ShardConfig
+from beamvec.transforms.dedupe import DropRepeatedIds
 from beamvec.transforms.codec import CODES, check_codec_spec, encode_table, fit_codec, validate_encoded
 from beamvec.transforms.embed import DEFAULT_BATCH_SIZE, Embed
 from beamvec.transforms.io import Block, ToBlocks, absolute
@@ -213,12 +215,16 @@ def _encode_partition(element: tuple[int, pa.Table], codec: Codec, parts: tuple)
 
 
 class _BuildShard(beam.DoFn):
+    """Builds one partition's shard, or, when ``reuse`` holds an entry of an earlier version whose
+    fingerprint equals the partition's, copies that version's shard instead (a reindex)."""
+
     def __init__(self, index_path: str, metric: str, config: str | None, recall_target: float, seed: int):
         self.index_path, self.metric, self.config = index_path, metric, config
         self.recall_target, self.seed = recall_target, seed
         self.indexed = Metrics.counter("beamvec", "items_indexed")
         self.rejected = Metrics.counter("beamvec", "items_rejected")
         self.shards = Metrics.counter("beamvec", "shards_built")
+        self.reused = Metrics.counter("beamvec", "shards_reused")
 
     def setup(self):
         self._routes: dict[str, list[np.ndarray]] = {}
@@ -233,7 +239,7 @@ class _BuildShard(beam.DoFn):
             self._routes = {key: querylog.route(cached_plan(plan_json), calibration)}
         return calibration.vectors[self._routes[key][ordinal]]
 
-    def process(self, element, plan_json: dict, parts: tuple, codec: Codec | None):
+    def process(self, element, plan_json: dict, parts: tuple, codec: Codec | None, reuse: dict | None):
         ordinal, tables = element
         calibration, heldout = parts
         table = pa.concat_tables(list(tables), promote_options="permissive")
@@ -253,27 +259,72 @@ class _BuildShard(beam.DoFn):
         if codec is not None:
             codes = validated.vectors
             vectors = vectors_matrix(rows.column(VECTOR)) if VECTOR in rows.column_names else None
-        shard = Shard.build(rows.column("id").combine_chunks(), vectors,
-                            rows.drop_columns([c for c in (VECTOR, CODES) if c in rows.column_names]),
-                            metric=self.metric, config=self.config,
-                            recall_target=self.recall_target, seed=self.seed, row_order=plan.row_order,
-                            calibration_queries=self._calibration_queries(plan_json, calibration, ordinal),
-                            codec=codec, codes=codes)
+        attributes = rows.drop_columns([c for c in (VECTOR, CODES) if c in rows.column_names])
+        queries = self._calibration_queries(plan_json, calibration, ordinal)
+        context = build_context(self.metric, self.config, self.recall_target, self.seed, plan_json, ordinal,
+                                None if codec is None else codec.checksum)
+        fingerprint = partition_fingerprint(rows.column(ID), validated.vectors, attributes, context, queries)
         description = plan.descriptions()[ordinal]
-        entry = write_shard(self.index_path, partition_id(ordinal), shard, description)
-        self.indexed.inc(shard.num_rows)
-        self.shards.inc()
-        self.progress.add(1, f"{partition_id(ordinal)}: {shard.num_rows:,} rows, {shard.config.spec()}; "
-                             f"the plan has {plan.num_partitions} partitions")
-        if heldout is not None and len(heldout):
-            yield beam.pvalue.TaggedOutput(HELDOUT, querylog.heldout_partial(shard, ordinal, plan, heldout))
+        earlier = (reuse or {}).get(partition_id(ordinal))
+        measure = heldout is not None and len(heldout) > 0
+        if earlier is not None and earlier[0].fingerprint == fingerprint:
+            entry = copy_shard(earlier[1], earlier[0], self.index_path)
+            self.reused.inc()
+            self.progress.add(1, f"{partition_id(ordinal)}: {entry.rows:,} rows, unchanged: reused")
+            partial = reused_partial(earlier[1], self.index_path, entry, ordinal, plan_json, heldout, self.metric,
+                                     codec) if measure else None
+        else:
+            shard = Shard.build(rows.column(ID).combine_chunks(), vectors, attributes,
+                                metric=self.metric, config=self.config,
+                                recall_target=self.recall_target, seed=self.seed, row_order=plan.row_order,
+                                calibration_queries=queries, codec=codec, codes=codes)
+            entry = dataclasses.replace(write_shard(self.index_path, partition_id(ordinal), shard, description),
+                                        fingerprint=fingerprint)
+            self.shards.inc()
+            self.progress.add(1, f"{partition_id(ordinal)}: {shard.num_rows:,} rows, {shard.config.spec()}; "
+                                 f"the plan has {plan.num_partitions} partitions")
+            partial = None
+            if measure:
+                partial = querylog.heldout_partial(shard, ordinal, plan, heldout)
+                querylog.save_partial(self.index_path, entry.id, querylog.heldout_key(plan_json, heldout), partial)
+        self.indexed.inc(entry.rows)
+        if partial is not None:
+            yield beam.pvalue.TaggedOutput(HELDOUT, partial)
         yield entry
+
+
+def reused_partial(source: str, version: str, entry: PartitionEntry, ordinal: int, plan_json: dict,
+                   heldout: QueryLog, metric: str, codec: Codec | None) -> querylog.HeldoutPartial:
+    """The held-out share of a shard copied from version ``source`` into ``version``: the one ``source``
+    saved for the same plan and queries (kept in ``version`` too), else measured again."""
+    key = querylog.heldout_key(plan_json, heldout)
+    partial = querylog.load_partial(source, entry.id, key)
+    if partial is None:
+        shard = Shard.load(fs.filesystem_for(version).join(version, entry.path), metric, codec=codec)
+        partial = querylog.heldout_partial(shard, ordinal, cached_plan(plan_json), heldout)
+    querylog.save_partial(version, entry.id, key, partial)
+    return partial
+
+
+def copy_shard(source_version: str, entry: PartitionEntry, version: str) -> PartitionEntry:
+    """Copy an earlier version's shard (and its full-precision vectors, if any) into ``version``,
+    as it is: its entry, unchanged, is valid there."""
+    filesystem = fs.filesystem_for(version)
+    relative = check_relative_path(entry.path)
+    source = filesystem.join(source_version, relative)
+    filesystem.copy_tree(source, filesystem.join(version, relative))
+    full = source + ".full.npy"
+    if filesystem.exists(full):
+        filesystem.copy_file(full, filesystem.join(version, relative) + ".full.npy")
+    return entry
 
 
 class BuildShards(beam.PTransform):
     """(partition ordinal, rows) -> one shard per partition written under ``index_path``;
     emits manifest entries, (output ``rejected``) rows whose id repeats within a partition,
-    and (output ``heldout``) each shard's share of the held-out measurement.
+    and (output ``heldout``) each shard's share of the held-out measurement. ``reuse``: partition id ->
+    (manifest entry, version directory) of an earlier version; a partition whose fingerprint equals
+    its entry's is copied from there, not rebuilt.
 
     ``plan``: the plan JSON, a singleton; ``parts``: a singleton (calibration queries, held-out
     queries) of the workload log (:func:`beamvec.index.querylog.build_parts`; (None, None) without
@@ -282,10 +333,10 @@ class BuildShards(beam.PTransform):
     """
 
     def __init__(self, index_path: str, plan, parts, metric: str = "dot_product", config: str | None = None,
-                 recall_target: float = 0.95, seed: int = 0, codec=None):
+                 recall_target: float = 0.95, seed: int = 0, codec=None, reuse: dict | None = None):
         super().__init__()
         self.index_path, self.plan, self.parts, self.metric, self.config = index_path, plan, parts, metric, config
-        self.recall_target, self.seed, self.codec = recall_target, seed, codec
+        self.recall_target, self.seed, self.codec, self.reuse = recall_target, seed, codec, reuse
 
     def expand(self, keyed_rows):
         codec = self.codec if self.codec is not None else keyed_rows.pipeline | "NoCodec" >> beam.Create([None])
@@ -294,7 +345,8 @@ class BuildShards(beam.PTransform):
             | "Group" >> beam.GroupByKey()
             | "Build" >> beam.ParDo(_BuildShard(self.index_path, self.metric, self.config, self.recall_target, self.seed),
                                     beam.pvalue.AsSingleton(self.plan), beam.pvalue.AsSingleton(self.parts),
-                                    beam.pvalue.AsSingleton(codec)).with_outputs(REJECTED, HELDOUT, main="entries")
+                                    beam.pvalue.AsSingleton(codec), self.reuse
+                                    ).with_outputs(REJECTED, HELDOUT, main="entries")
         )
 
 
@@ -304,17 +356,35 @@ def _summarize(partials: list, parts: tuple, target: float | None) -> dict | Non
 
 
 def _write_manifest(entries: list[PartitionEntry], plan_json: dict, shape: Shape, heldout_recall: dict | None,
-                    codec: dict | None, index_path: str, metric: str, model: dict | None) -> str:
-    manifest = Manifest(metric, shape.dimension, id_type_name(pa.array([], shape.id_type)),
-                        tuple(sorted(entries, key=lambda e: e.id)), plan_json, heldout_recall, model, codec)
+                    codec: dict | None, workload: dict | None, index_path: str, settings: "BuildSettings",
+                    model: dict | None) -> Manifest:
+    if not entries:
+        raise ValueError("no items to index: every item was rejected (see the dead letters); nothing was published")
+    s = settings
+    manifest = Manifest(s.metric, shape.dimension, id_type_name(pa.array([], shape.id_type)),
+                        tuple(sorted(entries, key=lambda e: e.id)), plan_json, heldout_recall, model, codec,
+                        build_settings(s.metric, s.shard_spec, s.recall_target, s.seed, partitioner=s.partitioner,
+                                       min_partition_rows=s.min_partition_rows,
+                                       max_partition_rows=s.max_partition_rows, sample_rows=s.sample_rows,
+                                       codec=s.codec), workload)
     manifest.write(index_path)
-    return index_path
+    return manifest
+
+
+def _publish(manifest: Manifest, root: str, name: str, base: str | None, lineage: dict) -> str:
+    """Publish version ``name`` of the index at ``root`` (its shards checked first); its directory.
+    ``lineage``: what the history records; a partition whose checksum is its base's counts as reused."""
+    earlier = lineage.get("base_checksums", {})
+    reused = sum(1 for e in manifest.partitions if earlier.get(e.id) == e.checksum)
+    versions.publish(root, name, base, rebuilt=len(manifest.partitions) - reused, reused=reused,
+                     items=manifest.num_rows, **{k: v for k, v in lineage.items() if k != "base_checksums"})
+    return versions.version_path(root, name)
 
 
 class BuildResult(NamedTuple):
-    """What :class:`BuildIndex` emits: ``index``, a singleton of the index's path once its manifest
-    is written (give it to :class:`HybridSearch` to query in the same pipeline); ``rejected``,
-    dead-letter tables (:data:`DEAD_LETTER_SCHEMA`) of the items left out, with the reason."""
+    """What :class:`BuildIndex` emits: ``index``, a singleton of the directory of the version it wrote,
+    once that version is published (give it to :class:`HybridSearch` to query in the same pipeline);
+    ``rejected``, dead-letter tables (:data:`DEAD_LETTER_SCHEMA`) of the items left out, with the reason."""
 
     index: beam.PCollection
     rejected: beam.PCollection
@@ -331,6 +401,11 @@ class BuildIndex(beam.PTransform):
     e.g. ``Tree100,AH2,Reorder100``, default by size), calibrated for ``recall_target``; the manifest
     is written last. Rows that cannot be indexed (bad vector, missing or repeated id) are dead letters,
     and the metrics reconcile: ``items_read`` = ``items_indexed`` + ``items_rejected``.
+
+    ``output`` holds versions (:mod:`beamvec.index.versions`): the build writes a new one under
+    ``output/versions/`` (``version_path``; its directory, chosen when the transform is made) and
+    publishes it last, once every shard matches its checksum; readers never see it before, and an
+    earlier version stays readable until then. Input with no valid item fails the job unpublished.
 
     ``workload``: past queries, a :class:`beamvec.index.querylog.QueryLog`, their predicate texts, or
     a path (Parquet with ``predicate`` and optionally ``vector``, or text). With vectors, shards
@@ -367,7 +442,9 @@ class BuildIndex(beam.PTransform):
         self.model_identity = encoder.identity(model).to_json() if embed_column is not None else None
         self.settings = BuildSettings(partitioner, min_partition_rows, max_partition_rows, metric, sample_rows, seed,
                                       recall_target, shard_spec, codec, max_bytes_per_vector).checked()
-        self.output, self.dimension = absolute(output), dimension
+        self.root, self.dimension = absolute(output), dimension
+        self.version = versions.new_version()
+        self.output = versions.version_path(self.root, self.version)
         self.workload = workload if isinstance(workload, QueryLog) else read_workload(workload, dimension) \
             if isinstance(workload, str) else QueryLog(list(workload or []))
         if self.settings.partitioner == "workload" and not any(self.workload.predicates):
@@ -375,8 +452,43 @@ class BuildIndex(beam.PTransform):
                 "its cuts on past queries; give a workload to use it)")
             self.settings = dataclasses.replace(self.settings, partitioner="hash")
 
+    @property
+    def version_path(self) -> str:
+        """The directory of the version this build writes."""
+        return self.output
+
+    base: str | None = None  # the version a reindex derives from
+    reuse: dict | None = None  # partition id -> (entry, version directory) that may be reused
+
+    def fit_plan(self, sample, total, shape):
+        """The plan JSON, a singleton: fitted on the sample (a reindex keeps its base's)."""
+        s = self.settings
+        return sample | "Fit" >> beam.Map(_fit, beam.pvalue.AsSingleton(total), beam.pvalue.AsSingleton(shape),
+                                          s.partitioner, self.workload.predicates, s.min_partition_rows,
+                                          s.max_partition_rows, s.seed)
+
+    def fit_codec(self, sample, shape):
+        """The codec, a singleton: fitted on the sample (a reindex keeps its base's)."""
+        return sample | "FitCodec" >> beam.Map(_fit_build_codec, beam.pvalue.AsSingleton(shape), self.settings,
+                                               self.workload)
+
+    def workload_log(self, pipeline):
+        """The workload log the shards calibrate and measure on, a singleton (a reindex picks its
+        base's or the new one)."""
+        return pipeline | "Workload" >> beam.Create([self.workload])
+
+    def carry(self, blocks, assigned, plan, parts):
+        """(partition rows to build, extra manifest entries, extra held-out partials): a reindex of
+        upserts adds its base's rows of the partitions they change, and the shards it keeps."""
+        return assigned, (), ()
+
+    def lineage_of(self, pipeline):
+        """What the pointer's history records of this version, a singleton."""
+        return pipeline | "Lineage" >> beam.Create([{"kind": "build"}])
+
     def expand(self, items):
-        s, log = self.settings, self.workload
+        s = self.settings
+        fs.filesystem_for(self.output).makedirs(self.output)
         blocks = items | "AsBlocks" >> ToBlocks()
         embedded_rejected = ()
         if self.embed_column is not None:
@@ -385,30 +497,36 @@ class BuildIndex(beam.PTransform):
         sample = blocks | "Sample" >> SampleRows(s.sample_rows)
         shape = sample | "Shape" >> beam.Map(_shape, self.dimension)
         total = blocks | "Count" >> beam.Map(lambda b: b.table.num_rows) | "Total" >> beam.CombineGlobally(sum)
-        plan = sample | "Fit" >> beam.Map(_fit, beam.pvalue.AsSingleton(total), beam.pvalue.AsSingleton(shape),
-                                          s.partitioner, log.predicates, s.min_partition_rows, s.max_partition_rows,
-                                          s.seed)
+        plan = self.fit_plan(sample, total, shape)
+        logs = self.workload_log(items.pipeline)
         parts = shape | "LogParts" >> beam.Map(lambda sh, log: querylog.build_parts(log, sh.attributes, sh.dimension),
-                                               log)
+                                               beam.pvalue.AsSingleton(logs))
         checked = blocks | "Validate" >> Validate("items", beam.pvalue.AsSingleton(
-            shape | "Dimension" >> beam.Map(lambda sh: sh.dimension)))
-        assigned = checked.valid | "Assign" >> AssignPartitions(plan)
+            shape | "Dimension" >> beam.Map(lambda sh: sh.dimension)), s.metric)
+        unique = checked.valid | "DropRepeatedIds" >> DropRepeatedIds("items")
+        assigned = unique.valid | "Assign" >> AssignPartitions(plan)
+        assigned, kept_entries, kept_heldout = self.carry(blocks, assigned, plan, parts)
         codec = None
         if s.codec is not None:
-            codec = sample | "FitCodec" >> beam.Map(_fit_build_codec, beam.pvalue.AsSingleton(shape), s, log)
+            codec = self.fit_codec(sample, shape)
             codec_entry = codec | "SaveCodec" >> beam.Map(_save_codec, self.output)
             assigned = assigned | "Encode" >> beam.Map(_encode_partition, beam.pvalue.AsSingleton(codec),
                                                        beam.pvalue.AsSingleton(parts))
         else:
             codec_entry = items.pipeline | "NoCodec" >> beam.Create([None])
         built = assigned | "BuildShards" >> BuildShards(self.output, plan, parts, s.metric, s.shard_spec,
-                                                        s.recall_target, s.seed, codec)
-        recall = (built.heldout | "Partials" >> beam.combiners.ToList()
+                                                        s.recall_target, s.seed, codec, self.reuse)
+        workload = logs | "SaveWorkload" >> beam.Map(lambda log, path: querylog.save_in_index(path, log), self.output)
+        recall = ((built.heldout, *kept_heldout) | "AllPartials" >> beam.Flatten()
+                  | "Partials" >> beam.combiners.ToList()
                   | "HeldoutRecall" >> beam.Map(_summarize, beam.pvalue.AsSingleton(parts), s.recall_target))
-        index = (built.entries | "Entries" >> beam.combiners.ToList()
+        index = ((built.entries, *kept_entries) | "AllEntries" >> beam.Flatten() | "Entries" >> beam.combiners.ToList()
                  | "WriteManifest" >> beam.Map(_write_manifest, beam.pvalue.AsSingleton(plan),
                                                beam.pvalue.AsSingleton(shape), beam.pvalue.AsSingleton(recall),
-                                               beam.pvalue.AsSingleton(codec_entry), self.output, s.metric,
-                                               self.model_identity))
-        rejected = (*embedded_rejected, checked[REJECTED], built[REJECTED]) | "Rejected" >> beam.Flatten()
+                                               beam.pvalue.AsSingleton(codec_entry), beam.pvalue.AsSingleton(workload),
+                                               self.output, s, self.model_identity)
+                 | "Publish" >> beam.Map(_publish, self.root, self.version, self.base,
+                                         beam.pvalue.AsSingleton(self.lineage_of(items.pipeline))))
+        rejected = ((*embedded_rejected, checked[REJECTED], unique[REJECTED], built[REJECTED])
+                    | "Rejected" >> beam.Flatten())
         return BuildResult(index, rejected)

@@ -13,7 +13,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from beamvec.index import autocodec, querylog
+from beamvec.index import autocodec, exact, querylog
 from beamvec.index.codec import Codec, CodecSpec
 from beamvec.index.querylog import QueryLog
 from beamvec.index.schema import ID, VECTOR, Validated, validate_items
@@ -103,9 +103,10 @@ class FitCodec(beam.PTransform):
 
 
 def encode_table(table: pa.Table, vectors: np.ndarray, codec: Codec, keep_vectors: bool) -> pa.Table:
-    """``table`` with a :data:`CODES` column of ``vectors`` encoded, its vector column kept or dropped."""
+    """``table`` with a :data:`CODES` column of ``vectors`` encoded (as a shard prepares them: unit length
+    under cosine), its vector column kept or dropped."""
     out = table if keep_vectors or VECTOR not in table.column_names else table.drop_columns([VECTOR])
-    return out.append_column(CODES, codes_array(codec.encode(vectors)))
+    return out.append_column(CODES, codes_array(codec.encode(exact.prepare(vectors, codec.metric))))
 
 
 def _encode(validated: Validated, codec: Codec, keep_vectors: bool) -> Block:

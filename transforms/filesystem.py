@@ -36,6 +36,28 @@ class BeamFileSystem(fs.FileSystem):
         if not FileSystems.exists(path):
             FileSystems.mkdirs(path)
 
+    def _under(self, path: str) -> list[str]:
+        prefix = path.rstrip("/") + "/"
+        return [m.path for m in FileSystems.match([prefix + "**"])[0].metadata_list]
+
+    def listdirs(self, path: str) -> list[str]:
+        prefix = path.rstrip("/") + "/"
+        return sorted({p[len(prefix):].split("/")[0] for p in self._under(path) if "/" in p[len(prefix):]})
+
+    def delete_tree(self, path: str) -> None:
+        files = self._under(path)
+        if files:
+            FileSystems.delete(files)
+
+    def copy_tree(self, source: str, destination: str) -> None:
+        prefix = source.rstrip("/") + "/"
+        files = self._under(source)
+        if files:  # server-side copies, object by object
+            FileSystems.copy(files, [destination.rstrip("/") + "/" + f[len(prefix):] for f in files])
+
+    def copy_file(self, source: str, destination: str) -> None:
+        FileSystems.copy([source], [destination])
+
 
 def register() -> None:
     """Route the index's remote paths through Beam's FileSystems."""

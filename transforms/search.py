@@ -12,7 +12,8 @@
 3. Merge (per block): the shards' partials are merged in shard order into each query's top-k.
 
 Blocks travel whole (no stage handles one Python object per query), keyed by their source
-file and first row, so blocks of different files never mix even when query ids repeat.
+file and first row. A query id repeated in another block or file is a dead letter (the first
+copy, by file path then row, is answered: :class:`beamvec.transforms.dedupe.DropRepeatedIds`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 from threadpoolctl import threadpool_limits
 
-from beamvec.index import encoder, exact
+from beamvec.index import encoder, exact, versions
 from beamvec.index.index import usable_cpus
 from beamvec.index.manifest import Manifest
 from beamvec.index.plan import plan_from_json
@@ -47,6 +48,7 @@ from beamvec.index.search import (
     read_rows, run_shard,
 )
 from beamvec.index.shard import Shard
+from beamvec.transforms.dedupe import DropRepeatedIds
 from beamvec.transforms.embed import DEFAULT_BATCH_SIZE, Embed
 from beamvec.transforms.io import ToBlocks, absolute
 from beamvec.transforms.progress import Progress
@@ -183,7 +185,9 @@ class _Route(_WithIndex):
             predicates = [predicates[i] for i in keep]
             queries = group_queries(predicates)
         key = _block_key(validated)
-        ks = _query_k(validated.table, self.k)
+        # More neighbours than the index holds are all of them: k is capped (nothing k-sized is allocated).
+        ks = np.minimum(_query_k(validated.table, self.k),
+                        max(1, self.manifest(index_path).num_rows))
         query_ids = validated.table.column(QUERY_ID).combine_chunks()
         yield beam.pvalue.TaggedOutput("blocks", (key, BlockQueries(query_ids, ks)))
         for ordinal, members in router.route(queries, validated.vectors):
@@ -328,9 +332,11 @@ class AsNeighbors(beam.PTransform):
 
 
 def as_index(pipeline: beam.Pipeline, index, label: str) -> beam.PCollection:
-    """An index given as a path or as :class:`BuildIndex`'s ``index`` output, as a singleton PCollection."""
+    """An index given as a path or as :class:`BuildIndex`'s ``index`` output, as a singleton PCollection
+    of the directory of the version to read. A path is resolved now, once: the whole job reads the
+    version published when it was made, whatever is published meanwhile."""
     if isinstance(index, str):
-        return pipeline | label >> beam.Create([absolute(index)])
+        return pipeline | label >> beam.Create([versions.resolve(absolute(index))])
     if isinstance(index, beam.PCollection):
         return index
     raise TypeError(f"index must be a path or the index output of BuildIndex, got {type(index).__name__}")
@@ -362,6 +368,10 @@ class _SearchValidated(beam.PTransform):
 
 def _dimension(index_path: str) -> int:
     return Manifest.read(index_path).dimension
+
+
+def _metric(index_path: str) -> str:
+    return Manifest.read(index_path).metric
 
 
 class HybridSearch(beam.PTransform):
@@ -413,14 +423,17 @@ class HybridSearch(beam.PTransform):
             embedded = blocks | "Embed" >> Embed(self.model, self.query_text_column, batch_size=self.batch_size)
             blocks, embedded_rejected = embedded.embedded, (embedded.rejected,)
         dimension = index | "Dimension" >> beam.Map(_dimension)
-        checked = blocks | "Validate" >> Validate("queries", beam.pvalue.AsSingleton(dimension))
-        found = checked.valid | "Search" >> _SearchValidated(index, self.k, self.max_shards)
-        return SearchResult(found.results,
-                            (*embedded_rejected, checked[REJECTED], found.rejected) | "Rejected" >> beam.Flatten())
+        metric = index | "Metric" >> beam.Map(_metric)
+        checked = blocks | "Validate" >> Validate("queries", beam.pvalue.AsSingleton(dimension),
+                                                  beam.pvalue.AsSingleton(metric))
+        unique = checked.valid | "DropRepeatedIds" >> DropRepeatedIds("queries")  # across blocks and files
+        found = unique.valid | "Search" >> _SearchValidated(index, self.k, self.max_shards)
+        return SearchResult(found.results, (*embedded_rejected, checked[REJECTED], unique[REJECTED], found.rejected)
+                            | "Rejected" >> beam.Flatten())
 
 
 def _index_model(index_path: str) -> encoder.ModelIdentity:
-    manifest = Manifest.read(index_path)
+    manifest = Manifest.read(versions.resolve(index_path))
     if manifest.model is None:
         raise encoder.ModelError(f"{index_path}: its items came with vectors, not from a model: text queries need "
                                  "an index built from text (BuildIndex embed_column / beamvec build --embed-column)")
@@ -441,12 +454,28 @@ class _Literals(dict):
     """Row values rendered as predicate literals for a template."""
 
     def __missing__(self, name):
-        raise KeyError(f"the predicate template names {{{name}}}, which is not a column of the items")
+        raise ValueError(f"the predicate template names {{{name}}}, which is not a column of the items")
+
+
+def template_columns(template: str, columns: Iterable[str] | None = None) -> list[str]:
+    """The columns a predicate template names, in order; ValueError for a template that does not
+    parse, or (given the items' ``columns``) that names one they lack."""
+    try:
+        names = list(dict.fromkeys(f for _, f, _, _ in string.Formatter().parse(template) if f))
+    except ValueError as e:
+        raise ValueError(f"the predicate template {template!r} does not parse: {e}") from None
+    if columns is not None:
+        columns = list(columns)
+        for name in names:
+            if name not in columns:
+                raise ValueError(f"the predicate template names {{{name}}}, which is not a column of the items; "
+                                 f"columns are {', '.join(columns)}")
+    return names
 
 
 def render_predicates(template: str, table: pa.Table) -> list[str]:
     """The template filled from each row: ``category = {category} AND id != {id}``."""
-    names = [f for _, f, _, _ in string.Formatter().parse(template) if f]
+    names = template_columns(template)
     columns = {n: table.column(n).to_pylist() for n in dict.fromkeys(names) if n in table.column_names}
     out = []
     for i in range(table.num_rows):
@@ -492,15 +521,19 @@ class RelatedItems(beam.PTransform):
         super().__init__()
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
+        template_columns(template)
         self.index, self.template, self.k, self.max_shards = index, template, k, max_shards
 
     def expand(self, items):
         index = as_index(items.pipeline, self.index, "Index")
         blocks = items | "AsBlocks" >> ToBlocks()
         dimension = index | "Dimension" >> beam.Map(_dimension)
-        checked = blocks | "Validate" >> Validate("items", beam.pvalue.AsSingleton(dimension))
-        queries = checked.valid | "AsQueries" >> beam.FlatMap(_as_queries, self.template, self.k).with_outputs(
+        metric = index | "Metric" >> beam.Map(_metric)
+        checked = blocks | "Validate" >> Validate("items", beam.pvalue.AsSingleton(dimension),
+                                                  beam.pvalue.AsSingleton(metric))
+        unique = checked.valid | "DropRepeatedIds" >> DropRepeatedIds("items")  # an item's id is its query's
+        queries = unique.valid | "AsQueries" >> beam.FlatMap(_as_queries, self.template, self.k).with_outputs(
             REJECTED, main="queries")
         found = queries.queries | "Search" >> _SearchValidated(index, self.k, self.max_shards)
-        rejected = (checked[REJECTED], queries[REJECTED], found.rejected) | "Rejected" >> beam.Flatten()
+        rejected = (checked[REJECTED], unique[REJECTED], queries[REJECTED], found.rejected) | "Rejected" >> beam.Flatten()
         return SearchResult(found.results, rejected)

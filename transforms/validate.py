@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from beamvec.index.schema import REJECTION_SCHEMA, Validated, validate_items, validate_queries
+from beamvec.index.schema import ID, QUERY_ID, REJECTION_SCHEMA, Rejection, Validated, validate_items, \
+    validate_queries
 from beamvec.transforms.io import Block
 from beamvec.transforms.progress import Progress
 
@@ -42,9 +44,11 @@ class _Validate(beam.DoFn):
     def setup(self):
         self.progress = Progress(f"{self.kind} read")
 
-    def process(self, block: Block, dimension: int | None):
+    def process(self, block: Block, dimension: int | None, metric: str | None = None):
         check = validate_items if self.kind == "items" else validate_queries
         validated = dataclasses.replace(check(block.table, dimension, row_offset=block.offset), source=block.source)
+        if metric == "cosine":
+            validated = without_zero_vectors(validated, ID if self.kind == "items" else QUERY_ID)
         self.read.inc(block.table.num_rows)
         self.progress.add(block.table.num_rows)
         self.accepted.inc(validated.table.num_rows)
@@ -55,20 +59,37 @@ class _Validate(beam.DoFn):
             yield beam.pvalue.TaggedOutput(REJECTED, dead_letters(validated, f"validate {self.kind}"))
 
 
+def without_zero_vectors(validated: Validated, id_column: str) -> Validated:
+    """``validated`` with its all-zero vectors moved to its rejections (cosine similarity is undefined for them)."""
+    zero = ~validated.vectors.any(axis=1) if validated.vectors.size else np.zeros(len(validated.rows), bool)
+    if not zero.any():
+        return validated
+    ids = validated.table.column(id_column).to_pylist()
+    found = tuple(Rejection(int(validated.rows[i]), None if ids[i] is None else str(ids[i]),
+                            "zero vector: its cosine similarity is undefined") for i in np.flatnonzero(zero))
+    keep = np.flatnonzero(~zero)
+    rejections = tuple(sorted(validated.rejections + found, key=lambda r: r.row))
+    return dataclasses.replace(validated, table=validated.table.take(pa.array(keep)), vectors=validated.vectors[keep],
+                               rows=validated.rows[keep], rejections=rejections)
+
+
 class Validate(beam.PTransform):
     """Splits :class:`Block` s of items or queries into ``Validated`` blocks (main output) and
     dead-letter tables (output ``rejected``); every input row ends up in exactly one of them.
 
     ``dimension``: the vectors' dimension, as an int or a singleton side input
-    (``beam.pvalue.AsSingleton``); for items, None takes each block's first vector's.
+    (``beam.pvalue.AsSingleton``); for items, None takes each block's first vector's. ``metric``
+    (a name or a singleton side input; None: not checked): under ``cosine``, zero vectors are rejected.
     """
 
-    def __init__(self, kind: str, dimension):
+    def __init__(self, kind: str, dimension, metric=None):
         super().__init__()
         if kind not in ("items", "queries"):
             raise ValueError(f"kind must be 'items' or 'queries', got {kind!r}")
         self.kind = kind
         self.dimension = dimension
+        self.metric = metric
 
     def expand(self, blocks):
-        return blocks | beam.ParDo(_Validate(self.kind), self.dimension).with_outputs(REJECTED, main="valid")
+        return blocks | beam.ParDo(_Validate(self.kind), self.dimension, self.metric).with_outputs(
+            REJECTED, main="valid")

@@ -100,33 +100,25 @@ def test_reopened_index_gives_identical_results_with_any_number_of_workers(parti
     np.testing.assert_array_equal(a[1], b[1])
 
 
-def rewrite_manifest(path, edit):
-    with open(os.path.join(path, "manifest.json")) as f:
-        manifest = json.load(f)
-    edit(manifest)
-    with open(os.path.join(path, "manifest.json"), "w") as f:
-        json.dump(manifest, f)
-
-
 @pytest.mark.parametrize("bad", ["../outside", "shards/../../x", "/abs/path", "gs://bucket/x", "", "a//b", "./a", "C:\\x"])
-def test_shard_paths_that_escape_the_index_are_rejected(tmp_path, bad):
+def test_shard_paths_that_escape_the_index_are_rejected(tmp_path, bad, republish):
     with pytest.raises(ManifestError, match="plain relative path"):
         check_relative_path(bad)
     build_index(str(tmp_path), [1, 2], np.eye(2, dtype=np.float32))
-    rewrite_manifest(str(tmp_path), lambda m: m["partitions"][0].update(path=bad))
+    republish(tmp_path, lambda m: m["partitions"][0].update(path=bad))
     with pytest.raises(ManifestError, match="plain relative path"):
         Index.open(str(tmp_path))
 
 
-def test_missing_or_broken_manifest_and_tampered_shard_fail_clearly(tmp_path):
-    with pytest.raises(ManifestError, match="no manifest.json"):
+def test_missing_or_broken_manifest_and_tampered_shard_fail_clearly(tmp_path, republish):
+    with pytest.raises(ManifestError, match="no published version"):
         Index.open(str(tmp_path))
     build_index(str(tmp_path), [1, 2], np.eye(2, dtype=np.float32))
-    rewrite_manifest(str(tmp_path), lambda m: m.update(version=7))
+    republish(tmp_path, lambda m: m.update(version=7))
     with pytest.raises(ManifestError, match="version 7"):
         Index.open(str(tmp_path))
     build_index(str(tmp_path), [1, 2], np.eye(2, dtype=np.float32))
-    with open(os.path.join(tmp_path, "shards", "p00000", "rows.parquet"), "ab") as f:
+    with open(os.path.join(republish(tmp_path), "shards", "p00000", "rows.parquet"), "ab") as f:
         f.write(b"x")
     with pytest.raises(ManifestError, match="checksum"):
         Index.open(str(tmp_path)).search(np.eye(2, dtype=np.float32), k=1)
@@ -236,19 +228,19 @@ def test_shard_partials_merge_to_what_index_search_returns(logged, items, log):
     assert exact.recall(ids_of(exact_handles), truth).min() == 1.0
 
 
-def test_a_log_without_vectors_records_nothing_and_old_manifests_still_load(tmp_path, logged):
+def test_a_log_without_vectors_records_nothing_and_old_manifests_still_load(tmp_path, logged, republish):
     from beamvec.index.manifest import Manifest
     from beamvec.index.querylog import QueryLog
 
     manifest = build_index(str(tmp_path), [1, 2], np.eye(2, dtype=np.float32), log=QueryLog(["", None]))
     assert manifest.heldout_recall is None
-    with open(os.path.join(tmp_path, "manifest.json")) as f:
+    with open(os.path.join(republish(tmp_path), "manifest.json")) as f:
         assert "heldout_recall" not in json.load(f)
     path, built = logged
-    rewrite_manifest(path, lambda m: m.pop("heldout_recall"))  # as a build before the field existed wrote it
-    old = Manifest.read(path)
+    version = republish(path, lambda m: m.pop("heldout_recall"))  # as a build before the field existed wrote it
+    old = Manifest.read(version)
     assert old.heldout_recall is None and old.partitions == built.partitions
-    rewrite_manifest(path, lambda m: m.update(heldout_recall=built.heldout_recall))
+    republish(path, lambda m: m.update(heldout_recall=built.heldout_recall))
     with pytest.raises(ValueError, match="dimension 5"):
         build_index(str(tmp_path / "bad"), [1, 2], np.eye(2, dtype=np.float32),
                     log=QueryLog(["", ""], np.ones((2, 5), np.float32)))

@@ -63,7 +63,7 @@ def direct(data):
 
 def test_counts_reconcile_and_bad_rows_are_dead_lettered(data, direct):
     index, out, build_counts, query_counts = direct
-    rejected_items = read(f"{index}/rejected/*.parquet")
+    rejected_items = read(jobs.dead_letters(index))
     assert build_counts["items_read"] == 4003 == build_counts["items_indexed"] + rejected_items.num_rows
     assert sorted(rejected_items.column("reason").to_pylist())[0].startswith("duplicate id 0")
     assert Index.open(index).manifest.num_rows == build_counts["items_indexed"]

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beamvec.index import Index, exact
+from beamvec.index import Index, exact, versions
 from beamvec.index.codec import Codec
 from beamvec.index.columns import masks_of
 from beamvec.index.hashing import smallest_hashes
@@ -90,7 +90,7 @@ def test_a_beam_build_with_a_codec_reconciles_and_finds_the_exact_neighbours(dat
     index, counts, results = direct
     manifest = Index.open(index).manifest
     assert manifest.codec["spec"] == "SQ8,Rerank"
-    rejected = read(f"{index}/rejected/*.parquet")
+    rejected = read(jobs.dead_letters(index))
     assert counts["items_read"] == counts["items_indexed"] + rejected.num_rows == manifest.num_rows + rejected.num_rows
     queries = pq.read_table(root / "queries.parquet")
     valid = validate_items(items)
@@ -105,8 +105,8 @@ def test_a_beam_build_with_a_codec_reconciles_and_finds_the_exact_neighbours(dat
 
 def test_the_same_codec_index_and_answers_on_the_portable_runner(data, direct, portable_options):
     index, _, results = build_and_query(data[0], "portable", portable_options, "SQ8,Rerank")
-    want = json.loads(open(f"{direct[0]}/manifest.json").read())
-    assert json.loads(open(f"{index}/manifest.json").read()) == want
+    want = json.loads(open(f"{versions.resolve(direct[0])}/manifest.json").read())
+    assert json.loads(open(f"{versions.resolve(index)}/manifest.json").read()) == want
     assert results == direct[2]
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from beamvec.index import exact
 from beamvec.index.columns import masks_of
-from beamvec.index.manifest import Manifest
+from beamvec.index.versions import open_manifest
 from beamvec.index.schema import validate_items
 from beamvec.pipelines import cli
 
@@ -69,11 +69,11 @@ def test_the_readme_pipeline_builds_and_answers_every_query_near_exactly(data, d
     assert exact.recall(found, truth_ids).mean() >= 0.95
     assert ((found >= 0).sum(axis=1) == (truth >= 0).sum(axis=1)).all()  # min(k, matches) each
     assert not glob.glob(str(data / "direct/out/rejected-*.parquet"))  # generated data is clean
-    assert (data / "direct/index/manifest.json").exists()
+    assert (data / "direct/index/CURRENT").exists()
 
 
 def test_the_readme_pipeline_gives_the_same_index_and_answers_on_the_portable_runner(data, direct, portable_options):
     assert run_example(data, data / "portable", portable_options) == direct
-    shards = [[(p.id, p.rows, p.checksum) for p in Manifest.read(str(data / run / "index")).partitions]
+    shards = [[(p.id, p.rows, p.checksum) for p in open_manifest(str(data / run / "index"))[1].partitions]
               for run in ("direct", "portable")]
     assert shards[0] == shards[1]  # byte-identical shards, ScaNN trees included

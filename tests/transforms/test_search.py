@@ -1,6 +1,7 @@
 """HybridSearch on the DirectRunner against Index.search: one search core, the same answers."""
 
 import glob
+import pathlib
 import shutil
 
 import numpy as np
@@ -9,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beamvec.index import Index, build_index, fit_plan
+from beamvec.index import Index, build_index, fit_plan, versions
 from beamvec.pipelines import synthetic
 from beamvec.index.shardfile import DATASET
 from beamvec.pipelines import jobs
@@ -47,15 +48,16 @@ def index(request, tmp_path_factory):
 
 
 def write_query_files(root, n=420, files=3):
-    """Queries split over files whose query ids all start at 0, so ids collide across files; half
-    their predicates are 25 texts repeated (groups of many queries), half drawn afresh."""
+    """Queries split over files, their query ids unique across them (a repeated one would be a dead
+    letter); half their predicates are 25 texts repeated (groups of
+    many queries), half drawn afresh."""
     common, fresh = synthetic.random_predicates(25, seed=7), synthetic.random_predicates(n, seed=8)
     predicates = [common[i % 25] if i % 2 else fresh[i] for i in range(n)]
     queries = synthetic.make_queries(n, DIM, seed=5, predicates=predicates)
     size = -(-n // files)
     for f in range(files):
         part = queries.slice(f * size, size)
-        part = part.set_column(0, "query_id", pa.array(np.arange(part.num_rows, dtype=np.int64)))
+        part = part.set_column(0, "query_id", pa.array(np.arange(f * size, f * size + part.num_rows, dtype=np.int64)))
         pq.write_table(part, root / f"queries-{f}.parquet", row_group_size=64)
     return pa.concat_tables([pq.read_table(root / f"queries-{f}.parquet") for f in range(files)])
 
@@ -76,8 +78,9 @@ def test_a_shard_that_does_not_match_its_checksum_fails_the_job_naming_it(index,
     write_query_files(tmp_path, n=60, files=1)
     broken = tmp_path / "index"
     shutil.copytree(path, broken)
+    version = versions.resolve(str(broken))
     for entry in Index.open(path).manifest.partitions:  # one flipped bit in every shard's vectors
-        target = broken / entry.path / DATASET
+        target = pathlib.Path(version) / entry.path / DATASET
         data = bytearray(target.read_bytes())
         data[-1] ^= 1
         target.write_bytes(bytes(data))
