@@ -8,7 +8,8 @@ the Beam flags pick) are timed wall clock, one after another on the same machine
 * reindexes after changing 1% of the items, as a full snapshot and as upserts, the changed items
   either spread at random over the collection or all of one attribute value (new arrivals of one
   kind, as a scheduled job mostly sees: they land in few partitions);
-* a reindex with a drifted workload log (predicates on other columns), which re-plans.
+* a reindex with a drifted workload log (predicates on the columns the log filters on least),
+  which re-plans.
 
 Each row says how many shards were rebuilt and reused and its time against the full build's.
 """
@@ -63,11 +64,28 @@ def _with(items: pa.Table, changed: pa.Table) -> pa.Table:
     return pa.concat_tables([items.filter(keep), changed])
 
 
-def drifted_workload(items: pa.Table, n: int, seed: int) -> list[str]:
-    """Predicates on other columns than the generator's workload filters on most (bucket and price)."""
+def drifted_workload(items: pa.Table, workload: Sequence[str | None], n: int, seed: int) -> list[str]:
+    """``n`` predicates on the two numeric columns ``workload`` filters on least (ranges between their
+    5th and 95th percentiles): a workload the plan fitted on ``workload`` did not expect."""
+    from collections import Counter
+
+    from beamvec.index.parser import parse
+
+    uses = Counter(c for p in set(workload) for c in parse(p).columns())
+    numeric = [f.name for f in items.schema if f.name != "id"
+               and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))]
+    if len(numeric) < 2:
+        raise ValueError("the drifted workload needs two numeric attribute columns")
+    first, second = sorted(numeric, key=lambda c: (uses[c], c))[:2]
     rng = np.random.default_rng(seed)
-    return [f"bucket < {int(b)} AND price >= {float(p)}" for b, p in zip(rng.integers(20, 200, n),
-                                                                           rng.integers(5, 30, n))]
+
+    def cuts(column: str) -> np.ndarray:
+        values = items.column(column).drop_null().to_numpy()
+        low, high = np.percentile(values, [5, 95])
+        cut = rng.uniform(low, high, n)
+        return np.round(cut).astype(np.int64) if pa.types.is_integer(items.schema.field(column).type) else cut.round(2)
+
+    return [f"{first} < {a} AND {second} >= {b}" for a, b in zip(cuts(first), cuts(second))]
 
 
 def suite(items: pa.Table, workload: pa.Table, options_flags: Sequence[str], share: float = 0.01,
@@ -87,7 +105,8 @@ def suite(items: pa.Table, workload: pa.Table, options_flags: Sequence[str], sha
     with tempfile.TemporaryDirectory(prefix="beamvec-reindex-") as tmp:
         pq.write_table(items, f"{tmp}/items.parquet")
         pq.write_table(workload, f"{tmp}/workload.parquet")
-        pq.write_table(pa.table({"predicate": drifted_workload(items, workload.num_rows, seed)}),
+        drifted = drifted_workload(items, workload.column("predicate").to_pylist(), workload.num_rows, seed)
+        pq.write_table(pa.table({"predicate": drifted}),
                        f"{tmp}/drifted.parquet")
         index = f"{tmp}/index"
 
@@ -98,7 +117,8 @@ def suite(items: pa.Table, workload: pa.Table, options_flags: Sequence[str], sha
             h = versions.read_pointer(index).history[-1]
             runs.setdefault(job, []).append(ReindexRow(job, seconds, h["rebuilt"], h["reused"],
                                                        bool(h.get("replanned"))))
-            log(f"  {job}: {seconds:.1f} s, rebuilt {h['rebuilt']}, reused {h['reused']}")
+            log(f"  {job}: {seconds:.1f} s, rebuilt {h['rebuilt']}, reused {h['reused']}"
+                + (f"; {h['why']}" if "why" in h and "new workload" not in h["why"] else ""))
 
         log(f"{items.num_rows:,} items, {workload.num_rows:,} workload queries; {n:,} items changed ({share:.0%})")
         cases: list[str] = []

@@ -30,10 +30,12 @@ from beamvec.transforms.build import HELDOUT, BuildIndex, Shape, copy_shard, reu
 from beamvec.transforms.io import absolute
 
 
-def _decide(sample: pa.Table, total: int, shape: Shape, base_plan: dict, log: QueryLog | None, partitioner: str,
+def _decide(sample: pa.Table, total: int, shape: Shape, base_plan: dict, logs: tuple, partitioner: str,
             min_rows: int, max_rows: int, seed: int, threshold: float) -> tuple[dict, dict]:
-    """(the plan to build with, the decision as JSON): the base's plan unless ``log`` (a new workload)
-    fits a refitted plan so much better that the fit falls below ``threshold``."""
+    """(the plan to build with, the decision as JSON): the base's plan unless the new workload log
+    (``logs``: the base's, the new one or None) fits a refitted plan so much better that the fit
+    falls below ``threshold``."""
+    log = logs[1]
     if log is None or not any(log.predicates):
         return base_plan, {"replan": False, "why": "no new workload given: the plan is kept"}
     valid = validate_items(sample, shape.dimension)
@@ -90,6 +92,13 @@ class _BaseRows(beam.DoFn):
         if ID not in table.column_names:
             table = table.append_column(ID, shard.ids.filter(keep))
         yield ordinal, table.append_column(VECTOR, vectors_array(vectors))
+
+
+def _lineage(decision: dict, mode: str, checksums: dict) -> dict:
+    """What the pointer's history records of a reindex: its mode, whether it re-planned and why, and
+    (when it kept the plan) its base's shard checksums, by which reused shards are counted."""
+    return {"kind": "reindex", "mode": mode, "replanned": decision["replan"], "why": decision["why"],
+            "base_checksums": {} if decision["replan"] else checksums}
 
 
 def _ids(block) -> list:
@@ -157,9 +166,11 @@ class Reindex(BuildIndex):
 
     def fit_plan(self, sample, total, shape):
         s = self.settings
+        # The logs travel as one element, not inside a stage's arguments (pickled with every stage).
+        self._logs = sample.pipeline | "Logs" >> beam.Create([(self.workload, self.new_log)])
         decided = sample | "Replan" >> beam.Map(_decide, beam.pvalue.AsSingleton(total), beam.pvalue.AsSingleton(shape),
-                                                self.base_manifest.plan, self.new_log, s.partitioner,
-                                                s.min_partition_rows, s.max_partition_rows, s.seed,
+                                                self.base_manifest.plan, beam.pvalue.AsSingleton(self._logs),
+                                                s.partitioner, s.min_partition_rows, s.max_partition_rows, s.seed,
                                                 self.drift_threshold)
         self._decision = decided | "Decision" >> beam.Map(lambda d: d[1])
         return decided | "Plan" >> beam.Map(lambda d: d[0])
@@ -169,14 +180,13 @@ class Reindex(BuildIndex):
         return sample | "BaseCodec" >> beam.Map(lambda _: index_codec(path, manifest))
 
     def workload_log(self, pipeline):
-        return self._decision | "ChooseWorkload" >> beam.Map(
-            lambda d, base, new: new if d["replan"] else base, self.workload, self.new_log)
+        return self._logs | "ChooseWorkload" >> beam.Map(lambda logs, d: logs[1] if d["replan"] else logs[0],
+                                                         beam.pvalue.AsSingleton(self._decision))
 
     def lineage_of(self, pipeline):
-        checksums = {e.id: e.checksum for e in self.base_manifest.partitions}
-        return self._decision | "Lineage" >> beam.Map(lambda d: {
-            "kind": "reindex", "mode": "upserts" if self.upserts else "snapshot", "replanned": d["replan"],
-            "why": d["why"], "base_checksums": {} if d["replan"] else checksums})
+        return self._decision | "Lineage" >> beam.Map(
+            _lineage, "upserts" if self.upserts else "snapshot",
+            {e.id: e.checksum for e in self.base_manifest.partitions})
 
     def carry(self, blocks, assigned, plan, parts):
         if not self.upserts:
@@ -197,5 +207,4 @@ class Reindex(BuildIndex):
                                            beam.pvalue.AsList(touched), beam.pvalue.AsSingleton(plan),
                                            beam.pvalue.AsSingleton(parts), beam.pvalue.AsSingleton(codec)
                                            ).with_outputs("kept", HELDOUT, main="rows"))
-        rows = base.rows | "BaseOrdinals" >> beam.Map(lambda e: (int(e[0]), e[1]))
-        return (assigned, rows) | "WithBaseRows" >> beam.Flatten(), (base.kept,), (base[HELDOUT],)
+        return (assigned, base.rows) | "WithBaseRows" >> beam.Flatten(), (base.kept,), (base[HELDOUT],)
