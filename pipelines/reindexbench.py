@@ -65,8 +65,9 @@ def _with(items: pa.Table, changed: pa.Table) -> pa.Table:
 
 
 def drifted_workload(items: pa.Table, workload: Sequence[str | None], n: int, seed: int) -> list[str]:
-    """``n`` predicates on the two numeric columns ``workload`` filters on least (ranges between their
-    5th and 95th percentiles): a workload the plan fitted on ``workload`` did not expect."""
+    """``n`` selective predicates on the two numeric columns ``workload`` filters on least: a range over
+    5% of the first's values (between its 5th and 95th percentiles) and the upper half of the
+    second's. A workload the plan fitted on ``workload`` did not expect."""
     from collections import Counter
 
     from beamvec.index.parser import parse
@@ -77,15 +78,17 @@ def drifted_workload(items: pa.Table, workload: Sequence[str | None], n: int, se
     if len(numeric) < 2:
         raise ValueError("the drifted workload needs two numeric attribute columns")
     first, second = sorted(numeric, key=lambda c: (uses[c], c))[:2]
-    rng = np.random.default_rng(seed)
+    values = items.column(first).drop_null().to_numpy()
+    low, high = np.percentile(values, [5, 95])
+    width = 0.05 * (high - low)
+    starts = np.random.default_rng(seed).uniform(low, high - width, n)
+    median = float(np.median(items.column(second).drop_null().to_numpy()))
+    integer = pa.types.is_integer(items.schema.field(first).type)
 
-    def cuts(column: str) -> np.ndarray:
-        values = items.column(column).drop_null().to_numpy()
-        low, high = np.percentile(values, [5, 95])
-        cut = rng.uniform(low, high, n)
-        return np.round(cut).astype(np.int64) if pa.types.is_integer(items.schema.field(column).type) else cut.round(2)
+    def literal(x: float) -> str:
+        return str(int(round(x))) if integer else f"{x:.2f}"
 
-    return [f"{first} < {a} AND {second} >= {b}" for a, b in zip(cuts(first), cuts(second))]
+    return [f"{first} BETWEEN {literal(a)} AND {literal(a + width)} AND {second} >= {median:g}" for a in starts]
 
 
 def suite(items: pa.Table, workload: pa.Table, options_flags: Sequence[str], share: float = 0.01,
@@ -118,7 +121,7 @@ def suite(items: pa.Table, workload: pa.Table, options_flags: Sequence[str], sha
             runs.setdefault(job, []).append(ReindexRow(job, seconds, h["rebuilt"], h["reused"],
                                                        bool(h.get("replanned"))))
             log(f"  {job}: {seconds:.1f} s, rebuilt {h['rebuilt']}, reused {h['reused']}"
-                + (f"; {h['why']}" if "why" in h and "new workload" not in h["why"] else ""))
+                + (f"; {h['why']}" if " fit " in h.get("why", "") else ""))
 
         log(f"{items.num_rows:,} items, {workload.num_rows:,} workload queries; {n:,} items changed ({share:.0%})")
         cases: list[str] = []

@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Sequence
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
 from beamvec.index import drift, fs, querylog, versions
@@ -26,6 +27,7 @@ from beamvec.index.querylog import QueryLog, read_workload
 from beamvec.index.schema import ID, VECTOR, validate_items, vectors_array
 from beamvec.index.search import index_codec
 from beamvec.index.shard import Shard
+from beamvec.index.shardfile import ROWS
 from beamvec.transforms.build import HELDOUT, BuildIndex, Shape, copy_shard, reused_partial
 from beamvec.transforms.io import absolute
 
@@ -67,8 +69,7 @@ class _BaseRows(beam.DoFn):
         filesystem = fs.filesystem_for(self.base)
         path = filesystem.join(self.base, entry.path)
         heldout = parts[1]
-        rows = querylog.pq.read_table(pa.BufferReader(filesystem.read_bytes(filesystem.join(path, "rows.parquet"))),
-                                      columns=[ID])
+        rows = pq.read_table(pa.BufferReader(filesystem.read_bytes(filesystem.join(path, ROWS))), columns=[ID])
         ids = rows.column(ID).to_pylist()
         gone_upserted = [i for i in ids if i in upserted]
         gone_deleted = [i for i in ids if i in deleted and i not in upserted]
@@ -99,10 +100,6 @@ def _lineage(decision: dict, mode: str, checksums: dict) -> dict:
     (when it kept the plan) its base's shard checksums, by which reused shards are counted."""
     return {"kind": "reindex", "mode": mode, "replanned": decision["replan"], "why": decision["why"],
             "base_checksums": {} if decision["replan"] else checksums}
-
-
-def _ids(block) -> list:
-    return [i for i in block.table.column(ID).to_pylist() if i is not None]
 
 
 class Reindex(BuildIndex):
@@ -192,7 +189,8 @@ class Reindex(BuildIndex):
         if not self.upserts:
             return assigned, (), ()
         pipeline = blocks.pipeline
-        upserted = (blocks | "UpsertIds" >> beam.FlatMap(_ids)
+        # The valid upserts only: an item whose upsert is rejected keeps its current copy.
+        upserted = (assigned | "UpsertIds" >> beam.FlatMap(lambda e: e[1].column(ID).to_pylist())
                     | "UpsertSet" >> beam.combiners.ToSet())
         deleted = pipeline | "Deletes" >> beam.Create([set(self.deletes)])
         touched = assigned | "Touched" >> beam.Map(lambda e: e[0]) | "Distinct" >> beam.Distinct()

@@ -97,7 +97,8 @@ def test_upserts_and_deletes_read_only_the_partitions_they_touch(world, tmp_path
     new = items.take(pa.array(jazz[40:45]))
     new = new.set_column(0, "id", pa.array(np.arange(10_000, 10_005), pa.int64()))
     upserts = pa.concat_tables([upserts, new])
-    pq.write_table(upserts, tmp_path / "upserts.parquet")
+    bad = changed(items.take(pa.array(jazz[50:51])), slice(None), shift=np.nan)  # rejected: the old copy stays
+    pq.write_table(pa.concat_tables([upserts, bad]), tmp_path / "upserts.parquet")
     deleted = [int(i) for i in jazz[45:50]]
     (tmp_path / "deletes.txt").write_text("\n".join(map(str, deleted)))
     counts = jobs.reindex(str(index), str(tmp_path / "upserts.parquet"), PipelineOptions([]), upserts=True,
@@ -105,6 +106,7 @@ def test_upserts_and_deletes_read_only_the_partitions_they_touch(world, tmp_path
     assert counts["items_read"] + counts["base_items_read"] == counts["items_indexed"] + counts.get(
         "items_rejected", 0) + counts["items_replaced"] + counts["items_deleted"]
     assert counts["items_replaced"] == 40 and counts["items_deleted"] == 5 and counts["items_indexed"] == 6000
+    assert counts["items_rejected"] == 1
     partitions = len(versions.open_manifest(str(index))[1].partitions)
     assert 1 <= counts["shards_built"] < partitions / 2, counts
     keep = ~np.isin(items.column("id").to_numpy(), np.r_[jazz[:40], deleted])
