@@ -228,7 +228,7 @@ class _BuildShard(beam.DoFn):
 
     def setup(self):
         self._routes: dict[str, list[np.ndarray]] = {}
-        self.progress = Progress("shards built")
+        self.progress = Progress("shards")
 
     def _calibration_queries(self, plan_json: dict, calibration: QueryLog | None, ordinal: int) -> np.ndarray | None:
         """The calibration log's vectors the plan routes to partition ``ordinal`` (routed once per worker)."""

@@ -54,7 +54,7 @@ def test_worker_processes_are_quiet_too_and_their_progress_shows(files):
     assert done.returncode == 0, done.stderr
     assert "items: read 6,000 = indexed 6,000 + rejected 0" in done.stdout
     lines = done.stderr.splitlines()
-    assert any(line.startswith("shards built: ") for line in lines), done.stderr
+    assert any(line.startswith("shards: ") for line in lines), done.stderr
     assert [line for line in lines if cli.quiet.BEAM_CHATTER.match(line.encode()) or line.startswith("INFO:")] == []
 
 
