@@ -477,9 +477,10 @@ class BuildIndex(beam.PTransform):
         base's or the new one)."""
         return pipeline | "Workload" >> beam.Create([self.workload])
 
-    def carry(self, blocks, assigned, plan, parts):
+    def carry(self, blocks, assigned, plan, parts, codec):
         """(partition rows to build, extra manifest entries, extra held-out partials): a reindex of
-        upserts adds its base's rows of the partitions they change, and the shards it keeps."""
+        upserts adds its base's rows of the partitions they change, and the shards it keeps.
+        ``codec``: the codec singleton, None without one."""
         return assigned, (), ()
 
     def lineage_of(self, pipeline):
@@ -505,10 +506,9 @@ class BuildIndex(beam.PTransform):
             shape | "Dimension" >> beam.Map(lambda sh: sh.dimension)), s.metric)
         unique = checked.valid | "DropRepeatedIds" >> DropRepeatedIds("items")
         assigned = unique.valid | "Assign" >> AssignPartitions(plan)
-        assigned, kept_entries, kept_heldout = self.carry(blocks, assigned, plan, parts)
-        codec = None
-        if s.codec is not None:
-            codec = self.fit_codec(sample, shape)
+        codec = self.fit_codec(sample, shape) if s.codec is not None else None
+        assigned, kept_entries, kept_heldout = self.carry(blocks, assigned, plan, parts, codec)
+        if codec is not None:
             codec_entry = codec | "SaveCodec" >> beam.Map(_save_codec, self.output)
             assigned = assigned | "Encode" >> beam.Map(_encode_partition, beam.pvalue.AsSingleton(codec),
                                                        beam.pvalue.AsSingleton(parts))

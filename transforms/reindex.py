@@ -185,18 +185,16 @@ class Reindex(BuildIndex):
             _lineage, "upserts" if self.upserts else "snapshot",
             {e.id: e.checksum for e in self.base_manifest.partitions})
 
-    def carry(self, blocks, assigned, plan, parts):
+    def carry(self, blocks, assigned, plan, parts, codec):
         if not self.upserts:
             return assigned, (), ()
         pipeline = blocks.pipeline
+        codec = codec if codec is not None else pipeline | "NoBaseCodec" >> beam.Create([None])
         # The valid upserts only: an item whose upsert is rejected keeps its current copy.
         upserted = (assigned | "UpsertIds" >> beam.FlatMap(lambda e: e[1].column(ID).to_pylist())
                     | "UpsertSet" >> beam.combiners.ToSet())
         deleted = pipeline | "Deletes" >> beam.Create([set(self.deletes)])
         touched = assigned | "Touched" >> beam.Map(lambda e: e[0]) | "Distinct" >> beam.Distinct()
-        codec = (pipeline | "CodecOnce" >> beam.Create([None])
-                 | "BaseCodecForRows" >> beam.Map(lambda _, p, m: index_codec(p, m), self.base_path,
-                                                  self.base_manifest))
         base = (pipeline | "BasePartitions" >> beam.Create(
                     [(partition_ordinal(e.id), e) for e in self.base_manifest.partitions])
                 | "Reshuffle" >> beam.Reshuffle()

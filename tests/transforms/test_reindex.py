@@ -188,3 +188,33 @@ def test_reindex_refuses_what_it_cannot_do(world, tmp_path):
         Reindex(str(root / "index"), upserts=True, workload=QueryLog(["year > 2000"]))
     with pytest.raises(ValueError, match="leave the deleted items out"):
         Reindex(str(root / "index"), deletes=[1])
+
+
+def test_upserts_into_an_index_with_a_codec_answer_as_a_full_build_with_that_codec(world, tmp_path):
+    import dataclasses
+
+    from beamvec.index.search import index_codec
+
+    root, items, queries, _ = world
+    index = tmp_path / "index"
+    jobs.build(str(root / "items.parquet"), str(index), PipelineOptions([]), str(root / "workload.parquet"),
+               dataclasses.replace(SETTINGS, codec="SQ8,Rerank"))
+    jazz = np.flatnonzero(pc.equal(items.column("category"), "jazz").to_numpy(zero_copy_only=False))
+    upserts = changed(items.take(pa.array(jazz[:30])), slice(None))
+    pq.write_table(upserts, tmp_path / "upserts.parquet")
+    counts = jobs.reindex(str(index), str(tmp_path / "upserts.parquet"), PipelineOptions([]), upserts=True)
+    assert counts["items_replaced"] == 30 and counts["shards_reused"] >= 1
+    path, manifest = versions.open_manifest(str(index))
+    final = pa.concat_tables([items.filter(pa.array(~np.isin(items.column("id").to_numpy(), jazz[:30]))), upserts])
+    vectors = np.asarray(final.column("vector").combine_chunks().values.to_numpy(), np.float32).reshape(-1, DIM)
+    build_index(str(tmp_path / "full"), final.column("id").combine_chunks(), vectors, final.drop_columns(["vector"]),
+                plan=plan_from_json(manifest.plan), config=SETTINGS.shard_spec, seed=0,
+                log=read_from_index(path, manifest.workload, DIM), codec=index_codec(path, manifest))
+    same(answers(index, queries), answers(tmp_path / "full", queries))
+    sq8 = tmp_path / "sq8"
+    jobs.build(str(root / "items.parquet"), str(sq8), PipelineOptions([]), str(root / "workload.parquet"),
+               dataclasses.replace(SETTINGS, codec="SQ8"))
+    from beamvec.transforms import Reindex
+
+    with pytest.raises(ValueError, match="keep only SQ8 codes"):
+        Reindex(str(sq8), upserts=True)
