@@ -57,12 +57,17 @@ def build(items: str, index: str, options: PipelineOptions, workload: str | None
         min_partition_rows=settings.min_partition_rows, max_partition_rows=settings.max_partition_rows,
         sample_rows=settings.sample_rows, dimension=dimension, seed=settings.seed, embed_column=embed_column,
         model=model, codec=settings.codec, max_bytes_per_vector=settings.max_bytes_per_vector, log=log)
-    built = p | "ReadItems" >> ReadItems(items, embed_column=embed_column) | "BuildIndex" >> transform
-    built.rejected | "WriteRejected" >> WriteTables(f"{transform.version_path}/rejected/items", DEAD_LETTER_SCHEMA)
-    counts = _run(p)
+    counts = _run_build(p, ReadItems(items, embed_column=embed_column), transform)
     if workload_log.dropped:
         counts["workload_vectors_dropped"] = workload_log.dropped
     return counts
+
+
+def _run_build(p: beam.Pipeline, read: ReadItems, transform: BuildIndex) -> dict[str, int]:
+    """Run ``read | transform`` (a build or a reindex), its dead letters written into the version it writes."""
+    built = p | "ReadItems" >> read | type(transform).__name__ >> transform
+    built.rejected | "WriteRejected" >> WriteTables(f"{transform.version_path}/rejected/items", DEAD_LETTER_SCHEMA)
+    return _run(p)
 
 
 def dead_letters(index: str) -> str:
@@ -80,10 +85,8 @@ def reindex(index: str, items: str, options: PipelineOptions, workload: str | No
 
     p = beam.Pipeline(options=options)
     transform = Reindex(index, workload=workload, upserts=upserts, deletes=read_ids(deletes) if deletes else None,
-                        drift_threshold=drift_threshold or DEFAULT_THRESHOLD, log=log)
-    built = p | "ReadItems" >> ReadItems(items) | "Reindex" >> transform
-    built.rejected | "WriteRejected" >> WriteTables(f"{transform.version_path}/rejected/items", DEAD_LETTER_SCHEMA)
-    return _run(p)
+                        drift_threshold=DEFAULT_THRESHOLD if drift_threshold is None else drift_threshold, log=log)
+    return _run_build(p, ReadItems(items), transform)
 
 
 def read_ids(path: str) -> list:
