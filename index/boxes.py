@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from beamvec.index.predicate import (
-    _NEGATED_OP, MATCH_ALL, And, Between, BoolColumn, Compare, In, IsNull, MatchAll, Not, Or, Predicate,
+    _NEGATED_OP, MATCH_ALL, And, Between, BoolColumn, Compare, Contains, In, IsNull, MatchAll, Not, Or, Predicate,
     PredicateError, Value, _Atom, _check_value, _field, _tagged, and_, or_, parse_instant,
 )
 
@@ -79,9 +79,29 @@ def restrict_bounds(atom: _Atom, bounds: Bounds, holds: bool) -> Bounds:
         bounds = bounds._allow(atom.values) if holds != atom.negated else bounds._exclude(atom.values)
     elif isinstance(atom, BoolColumn):
         bounds = bounds._allow((holds,))
+    elif isinstance(atom, Contains):
+        bounds = _restrict_list(bounds, atom, holds != atom.negated)
     else:
         raise TypeError(f"not an atom: {atom!r}")
     return bounds._non_null() if holds else bounds
+
+
+def _restrict_list(bounds: Bounds, atom: Contains, true: bool) -> Bounds:
+    """A list column's bounds narrowed to where the positive ``atom`` is true (``true``), or not true:
+    the elements every list holds (``holds``) and those no list holds (``lacks``)."""
+    values = frozenset(atom.values)
+    if true:
+        if atom.mode == "all":
+            return bounds._replace(holds=bounds.holds | values)
+        if values <= bounds.lacks:  # none of them can be held: no list qualifies
+            return bounds._replace(holds=bounds.holds | {atom.values[0]})
+        return bounds
+    if atom.mode == "any":
+        return bounds._replace(lacks=bounds.lacks | values)
+    missing = values - bounds.holds  # not all held: one of these is lacking
+    if not missing:
+        return bounds._replace(lacks=bounds.lacks | {atom.values[0]})
+    return bounds._replace(lacks=bounds.lacks | missing) if len(missing) == 1 else bounds
 
 
 def _family(value: Value) -> str:
@@ -119,6 +139,11 @@ def _member(value: Value, values: frozenset) -> bool | None:
     """Whether value certainly is (True), certainly is not (False) or may be (None) in values."""
     same = [_cmp(value, v) for v in values]
     return True if 0 in same else None if None in same else False
+
+
+def _meet(a: frozenset, b: frozenset) -> bool:
+    """Whether some element of ``a`` is certainly one of ``b`` (1, 1.0 and True kept apart)."""
+    return any(_member(v, b) for v in a)
 
 
 def _sorted_values(values: frozenset) -> tuple:
@@ -168,7 +193,8 @@ class Bounds:
 
     Non-null values lie in the range low..high (None = unbounded), in ``allowed`` if
     that is not None (an empty set: no non-null value), and not in ``excluded``;
-    null is possible if ``nullable``.
+    null is possible if ``nullable``. For a list column, a non-null list holds every
+    element of ``holds`` and none of ``lacks`` (none can be when the two meet).
     """
 
     low: Value | None = None
@@ -178,12 +204,14 @@ class Bounds:
     allowed: frozenset | None = None
     excluded: frozenset = frozenset()
     nullable: bool = True
+    holds: frozenset = frozenset()
+    lacks: frozenset = frozenset()
 
     def __post_init__(self) -> None:
         for value in (self.low, self.high):
             if value is not None:
                 _check_value(value)
-        for values in (self.allowed or (), self.excluded):
+        for values in (self.allowed or (), self.excluded, self.holds, self.lacks):
             for value in values:
                 _check_value(value)
         set_ = functools.partial(object.__setattr__, self)
@@ -217,7 +245,7 @@ class Bounds:
 
     def has_values(self) -> bool:
         """False only if no non-null value can lie in these bounds."""
-        return self.allowed is None or bool(self.allowed)
+        return (self.allowed is None or bool(self.allowed)) and not _meet(self.holds, self.lacks)
 
     def is_empty(self) -> bool:
         """True if no value at all, null included, can lie in these bounds."""
@@ -265,6 +293,10 @@ class Bounds:
                 conditions.append(Compare(column, "<=" if self.high_inclusive else "<", self.high))
         if self.excluded:
             conditions.append(In(column, _sorted_values(self.excluded), negated=True))
+        if self.holds:
+            conditions.append(Contains(column, _sorted_values(self.holds)))
+        if self.lacks:
+            conditions.append(Contains(column, _sorted_values(self.lacks), "any", negated=True))
         values = and_(*conditions)
         if self.nullable:
             return MATCH_ALL if values is MATCH_ALL else or_(values, IsNull(column))
@@ -275,7 +307,9 @@ class Bounds:
         return {"low": self.low, "low_inclusive": self.low_inclusive, "high": self.high,
                 "high_inclusive": self.high_inclusive,
                 "allowed": None if self.allowed is None else list(_sorted_values(self.allowed)),
-                "excluded": list(_sorted_values(self.excluded)), "nullable": self.nullable}
+                "excluded": list(_sorted_values(self.excluded)), "nullable": self.nullable,
+                **({"holds": list(_sorted_values(self.holds)), "lacks": list(_sorted_values(self.lacks))}
+                   if self.holds or self.lacks else {})}
 
     @classmethod
     def from_json(cls, obj: Mapping) -> Bounds:
@@ -286,7 +320,9 @@ class Bounds:
         return cls(_field(obj, "low", bound), _field(obj, "high", bound),
                    _field(obj, "low_inclusive", bool), _field(obj, "high_inclusive", bool),
                    None if obj.get("allowed") is None else _json_values(obj, "allowed"),
-                   _json_values(obj, "excluded"), _field(obj, "nullable", bool))
+                   _json_values(obj, "excluded"), _field(obj, "nullable", bool),
+                   _json_values(obj, "holds") if "holds" in obj else frozenset(),
+                   _json_values(obj, "lacks") if "lacks" in obj else frozenset())
 
 
 _EVERYTHING = Bounds()

@@ -7,6 +7,9 @@ reads it, as column stores do:
   dictionary), so ``=``, ``IN`` and ranges on strings are integer tests;
 * integers, and dates and timestamps as their raw counts: the integer array;
 * floats: float64, NaN counted as null, -0.0 as 0.0; bools: a bool array;
+* lists of strings or integers: posting lists, every element's key (a code into the sorted
+  distinct strings, or the integer) sorted, with the row holding it, so ``CONTAINS v`` marks the
+  rows of one slice and ALL/ANY intersect or join them;
 
 each with its validity (None when the column has no null). A predicate is then
 compiled against them and evaluated in one pass over the rows (:mod:`beamvec.index.kernel`),
@@ -29,8 +32,8 @@ import pyarrow.compute as pc
 
 from beamvec.index.kernel import Builder, Layout, Program, run
 from beamvec.index.predicate import (
-    And, Between, BoolColumn, Compare, In, IsNull, MatchAll, Not, Or, Predicate, PredicateError, Value, and_,
-    kind_of, parse_instant,
+    And, Between, BoolColumn, Compare, Contains, In, IsNull, MatchAll, Not, Or, Predicate, PredicateError, Value, and_,
+    kind_of, not_, parse_instant,
 )
 
 # Compiled predicates a Columns keeps.
@@ -40,7 +43,8 @@ _MICROS_PER_UNIT = {"s": 10**6, "ms": 1000, "us": 1, "ns": Fraction(1, 1000)}
 
 class Column(NamedTuple):
     """One encoded column: its kind, values (codes for strings), validity (None: no nulls),
-    the sorted distinct strings, and for integers the domain's ends and the temporal type."""
+    the sorted distinct strings, and for integers the domain's ends and the temporal type. A list
+    column's values are its elements' keys, sorted, and ``rows`` the row of each."""
 
     kind: str
     values: np.ndarray
@@ -49,6 +53,7 @@ class Column(NamedTuple):
     low: int = 0
     high: int = 0
     temporal: pa.DataType | None = None
+    rows: np.ndarray | None = None
 
 
 class Columns:
@@ -65,6 +70,7 @@ class Columns:
         self._layout = Layout(self.num_rows)
         self._programs: dict[Predicate, Program] = {}
         self._operands: dict[tuple, tuple[str, object]] = {}
+        self._contains: dict[Contains, Column] = {}
         self._parent: tuple[Columns, int] | None = None
 
     @classmethod
@@ -91,12 +97,35 @@ class Columns:
                 parent, start = self._parent
                 whole = parent.column(name)
                 stop = start + self.num_rows
-                column = whole._replace(values=whole.values[start:stop],
-                                        valid=None if whole.valid is None else whole.valid[start:stop])
+                valid = None if whole.valid is None else whole.valid[start:stop]
+                if whole.rows is not None:  # posting lists: the elements of these rows
+                    held = (whole.rows >= start) & (whole.rows < stop)
+                    column = whole._replace(values=whole.values[held], valid=valid, rows=whole.rows[held] - start)
+                else:
+                    column = whole._replace(values=whole.values[start:stop], valid=valid)
             else:
                 column = encode(self.data.column(name))
             self._columns[name] = column
         return column
+
+    def contains(self, atom: Contains) -> Column:
+        """Where the list column of (positive) ``atom`` holds its values, as a bool column (null where
+        the list is null), once per atom."""
+        found = self._contains.get(atom)
+        if found is None:
+            if len(self._contains) >= _PROGRAMS:
+                self._contains.clear()
+            if self._parent is not None:
+                parent, start = self._parent
+                whole = parent.contains(atom)
+                stop = start + self.num_rows
+                found = whole._replace(values=whole.values[start:stop],
+                                       valid=None if whole.valid is None else whole.valid[start:stop])
+            else:
+                found = Column("bool", contains_mask(self.column(atom.column), self.num_rows, atom),
+                               self.column(atom.column).valid)
+            self._contains[atom] = found
+        return found
 
     def compile(self, predicate: Predicate, conjuncts: tuple[int, ...] | None = None) -> Program:
         """``predicate`` compiled against these columns, once (not validated: see :meth:`Predicate.validate`);
@@ -124,13 +153,39 @@ class Columns:
         """Drop the compiled predicates and rewritten literals (the encoded columns stay)."""
         self._programs.clear()
         self._operands.clear()
+        self._contains.clear()
 
     def run(self, predicate: Predicate, lo: int = 0, hi: int | None = None, truth: bool = True,
             conjuncts: tuple[int, ...] | None = None) -> tuple[np.ndarray, int, int, int]:
         """Over rows lo..hi-1, where ``predicate`` (or its ``conjuncts``, see :meth:`compile`) is true
         (``truth``), or false, with the count of such rows and the first and one past the last of
         them, relative to lo (0, 0 when none)."""
-        return run(self.compile(predicate, conjuncts), self._layout, lo, self.num_rows if hi is None else hi, truth)
+        hi = self.num_rows if hi is None else hi
+        part = predicate if conjuncts is None else and_(*(predicate.parts[i] for i in conjuncts))
+        if any(isinstance(atom, Contains) for atom in part.atoms()):
+            mask = self._kleene(part)[0 if truth else 1][lo:hi]
+            at = np.flatnonzero(mask)
+            return mask, len(at), (int(at[0]) if len(at) else 0), (int(at[-1]) + 1 if len(at) else 0)
+        return run(self.compile(predicate, conjuncts), self._layout, lo, hi, truth)
+
+    def _kleene(self, p: Predicate) -> tuple[np.ndarray, np.ndarray]:
+        """Over all rows, where ``p`` is true and where it is false, in numpy: a predicate with list
+        conditions combines their posting-list masks so, its other parts evaluated by the kernel."""
+        if not any(isinstance(atom, Contains) for atom in p.atoms()):
+            return self.run(p)[0], self.run(p, truth=False)[0]
+        if isinstance(p, Not):
+            true, false = self._kleene(p.part)
+            return false, true
+        if isinstance(p, (And, Or)):
+            parts = [self._kleene(q) for q in p.parts]
+            trues, falses = np.array([t for t, _ in parts]), np.array([f for _, f in parts])
+            if isinstance(p, And):
+                return trues.all(axis=0), falses.any(axis=0)
+            return trues.any(axis=0), falses.all(axis=0)
+        column = self.contains(p if not p.negated else not_(p))  # type: ignore[attr-defined]
+        valid = np.ones(self.num_rows, bool) if column.valid is None else column.valid
+        true, false = column.values & valid, ~column.values & valid
+        return (false, true) if p.negated else (true, false)  # type: ignore[attr-defined]
 
     def evaluate(self, predicate: Predicate, truth: bool = True) -> np.ndarray:
         """The rows where ``predicate`` is true (``truth``), or false (not validated: see
@@ -145,6 +200,8 @@ def compile_predicate(predicate: Predicate, columns: "Columns", layout: Layout) 
 
     def slot(name: str) -> tuple[Column, bool, int, int]:
         column = columns.column(name)
+        if column.rows is not None:  # a list column: the kernel reads only its validity
+            column = Column("bool", np.zeros(columns.num_rows, bool), column.valid)
         return (column, *layout.slot(name, column))
 
     def compare(name: str, op: str, value) -> None:
@@ -183,7 +240,7 @@ def compile_predicate(predicate: Predicate, columns: "Columns", layout: Layout) 
             program.contains(is_float, row, keys if is_float else [int(k) + shift for k in keys])
             if p.negated:
                 program.negate()
-        else:
+        else:  # list conditions are evaluated apart (Columns.run)
             raise PredicateError(f"cannot evaluate {p!r}")
 
     walk(predicate)
@@ -210,15 +267,63 @@ def holds(predicate: Predicate, atom: Callable[[Predicate, bool], np.ndarray], n
     return atom(predicate, truth)
 
 
+def contains_mask(column: Column, num_rows: int, atom: Contains) -> np.ndarray:
+    """The rows whose list holds every (mode "all") or some ("any") value of ``atom`` (its negation
+    ignored), from the posting lists of the encoded list ``column``; False on null rows."""
+    keys = list_keys(column, atom.values)
+    every = atom.mode == "all"
+    if every and len(keys) < len(set(atom.values)):  # a value no list holds
+        return np.zeros(num_rows, bool)
+    out = None
+    for key in keys:
+        mask = np.zeros(num_rows, bool)
+        mask[column.rows[np.searchsorted(column.values, key, "left"):np.searchsorted(column.values, key, "right")]] = True
+        out = mask if out is None else (out & mask) if every else (out | mask)
+    return np.zeros(num_rows, bool) if out is None else out
+
+
+def list_keys(column: Column, values: tuple) -> list[int]:
+    """The distinct keys of ``values`` that elements of the list ``column`` hold (of its element domain)."""
+    if column.dictionary is not None:
+        strings = [v for v in dict.fromkeys(values) if isinstance(v, str)]
+        at = np.searchsorted(column.dictionary, np.asarray(strings, object)) if strings else np.zeros(0, int)
+        return [int(i) for i, v in zip(at, strings) if i < len(column.dictionary) and column.dictionary[i] == v]
+    return [int(v) for v in dict.fromkeys(values) if isinstance(v, int) and column.low <= v <= column.high]
+
+
+def list_elements(array: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """The elements of a list array's non-null lists, with the row of each (a null list's slot may
+    still span elements: they are not its values)."""
+    lengths = np.asarray(pc.fill_null(pc.list_value_length(array), 0).to_numpy(), np.int64)
+    elements = pc.list_flatten(array)
+    return np.repeat(np.arange(len(array), dtype=np.int64), lengths), elements
+
+
+def _encode_list(array: pa.Array, valid: np.ndarray | None) -> Column:
+    """A list column as posting lists (see the module docstring)."""
+    rows, elements = list_elements(array)
+    if pa.types.is_dictionary(elements.type):
+        elements = elements.cast(elements.type.value_type)
+    if elements.null_count:  # a null element is not a value of its list
+        present = np.asarray(pc.is_valid(elements).to_numpy(zero_copy_only=False), bool)
+        rows, elements = rows[present], elements.filter(pa.array(present))
+    element = encode(elements)
+    order = np.argsort(element.values, kind="stable")
+    return Column(kind_of(array.type), element.values[order].astype(np.int64), valid, element.dictionary,
+                  element.low, element.high, rows=rows[order])
+
+
 def encode(array: pa.Array | pa.ChunkedArray) -> Column:
     """A column encoded for evaluation (see the module docstring)."""
     if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
+        array = array.combine_chunks() if array.num_chunks else pa.array([], array.type)
     if pa.types.is_dictionary(array.type):
         array = array.cast(array.type.value_type)
     t = array.type
     kind = kind_of(t)
     valid = None if array.null_count == 0 else np.asarray(pc.is_valid(array).to_numpy(zero_copy_only=False), bool)
+    if kind in ("string list", "integer list"):
+        return _encode_list(array, valid)
     if kind == "string":
         encoded = pc.dictionary_encode(array)
         distinct = np.asarray(encoded.dictionary.to_numpy(zero_copy_only=False), object)

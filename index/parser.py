@@ -13,7 +13,7 @@ import re
 from typing import Any, NamedTuple, NoReturn
 
 from beamvec.index.predicate import (
-    _KEYWORDS, _TOKEN, MATCH_ALL, MAX_DEPTH, And, Between, BoolColumn, Compare, In, IsNull, Not, Or, Predicate,
+    _KEYWORDS, _TOKEN, MATCH_ALL, MAX_DEPTH, And, Between, BoolColumn, Compare, Contains, In, IsNull, Not, Or, Predicate,
     PredicateError, Value, quote_identifier,
 )
 
@@ -179,8 +179,8 @@ class _Parser:
         negated = self.at_keyword("NOT")
         if negated:
             self.take()
-            if not (self.at_keyword("BETWEEN") or self.at_keyword("IN")):
-                self.fail("BETWEEN or IN", "'NOT'")
+            if not (self.at_keyword("BETWEEN") or self.at_keyword("IN") or self.at_keyword("CONTAINS")):
+                self.fail("BETWEEN, IN or CONTAINS", "'NOT'")
         if self.at_keyword("BETWEEN"):
             self.take()
             low_token = self.peek()
@@ -191,17 +191,19 @@ class _Parser:
             return Between(name, low, self.value("'AND'"), negated)
         if self.at_keyword("IN"):
             self.take()
-            if self.peek().kind != "(":
-                self.fail("'('", "'IN'")
+            return In(name, self.values("'IN'"), negated)
+        if self.at_keyword("CONTAINS"):
             self.take()
-            values = [self.value("'('")]
-            while self.peek().kind == ",":
+            token = self.peek()
+            mode = token.value.lower() if token.kind == "ident" and token.value.upper() in ("ALL", "ANY") else None
+            if mode is None:
+                if token.kind not in ("str", "num"):
+                    self.fail("a string, an integer, ALL or ANY", "'CONTAINS'")
+                values = (self.element("'CONTAINS'"),)
+            else:
                 self.take()
-                values.append(self.value("','"))
-            if self.peek().kind != ")":
-                self.fail("',' or ')'")
-            self.take()
-            return In(name, tuple(values), negated)
+                values = self.values(f"'{token.text}'", self.element)
+            return Contains(name, values, mode or "all", negated)
         if self.at_keyword("IS"):
             self.take()
             is_not = self.at_keyword("NOT")
@@ -212,6 +214,29 @@ class _Parser:
             self.take()
             return IsNull(name, is_not)
         return BoolColumn(name)
+
+    def values(self, after: str, item=None) -> tuple:
+        """A parenthesised, comma-separated list of values (of ``item``, default :meth:`value`)."""
+        item = item or self.value
+        if self.peek().kind != "(":
+            self.fail("'('", after)
+        self.take()
+        values = [item("'('")]
+        while self.peek().kind == ",":
+            self.take()
+            values.append(item("','"))
+        if self.peek().kind != ")":
+            self.fail("',' or ')'")
+        self.take()
+        return tuple(values)
+
+    def element(self, after: str) -> Value:
+        """A value a list can hold: a string or an integer."""
+        token = self.peek()
+        if token.kind == "str" or (token.kind == "num" and isinstance(token.value, int)):
+            self.take()
+            return token.value
+        self.fail("a string or an integer", after)
 
     def value(self, after: str) -> Value:
         token = self.peek()

@@ -6,7 +6,9 @@ The text syntax is a small SQL ``WHERE`` dialect, keywords case-insensitive::
     category IN ('rock', 'jazz') AND year >= 2000 AND NOT explicit
 
 Conditions: ``=, != (or <>), <, <=, >, >=``, ``[NOT] BETWEEN a AND b`` (inclusive),
-``[NOT] IN (v, ...)``, ``IS [NOT] NULL`` and a bare bool column; combined with
+``[NOT] IN (v, ...)``, ``IS [NOT] NULL``, a bare bool column, and on list columns
+(``list<string>``, ``list<int64>``) ``[NOT] CONTAINS v``, ``[NOT] CONTAINS ALL (v, ...)`` and
+``[NOT] CONTAINS ANY (v, ...)``; combined with
 ``NOT``, ``AND``, ``OR`` and parentheses (precedence OR < AND < NOT < comparison).
 Literals are 'strings' ('' escapes a quote), integers, floats and TRUE/FALSE;
 identifiers are bare ``[A-Za-z_][A-Za-z0-9_]*`` or "double quoted" ("" escapes).
@@ -14,7 +16,9 @@ Empty text or None is :data:`MATCH_ALL`.
 
 Semantics follow SQL three-valued logic: a comparison with null is unknown, NOT
 unknown is unknown, and a row matches only when the whole predicate is true.
-NaN in a float column counts as null. Comparisons are exact: an integer column
+NaN in a float column counts as null. On a list column, CONTAINS is unknown on a null list
+(so neither it nor its negation matches there) and false on an empty one (its negation true); null
+elements inside a list are not values of it. Comparisons are exact: an integer column
 compared with 2.5 or a float column with a huge integer gives the mathematically
 right answer. Timestamp and date columns accept ISO date/datetime strings (a
 timezone offset is converted to UTC; a naive string is taken in the column's
@@ -44,7 +48,7 @@ Value = Union[str, int, float, bool]
 MAX_DEPTH = 200
 """The deepest nesting of parentheses and NOTs that :func:`parse` accepts."""
 
-_KEYWORDS = frozenset({"AND", "OR", "NOT", "BETWEEN", "IN", "IS", "NULL", "TRUE", "FALSE"})
+_KEYWORDS = frozenset({"AND", "OR", "NOT", "BETWEEN", "IN", "IS", "NULL", "TRUE", "FALSE", "CONTAINS"})
 _OPS = frozenset({"=", "!=", "<", "<=", ">", ">="})
 _NEGATED_OP = {"=": "!=", "!=": "=", "<": ">=", "<=": ">", ">": "<=", ">=": "<"}
 _BARE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -363,6 +367,52 @@ class BoolColumn(_Atom):
 
 
 
+@_node
+class Contains(_Atom):
+    """``column [NOT] CONTAINS v``, ``column [NOT] CONTAINS ALL (v1, ...)`` or ``... CONTAINS ANY (v1, ...)``
+    on a list column: whether the list holds every (``mode`` "all") or some ("any") of ``values``, a
+    non-empty tuple of strings or integers. A single value is mode "all" (both read the same)."""
+
+    values: tuple
+    mode: str = "all"
+    negated: bool = False
+
+    def __post_init__(self) -> None:
+        _check_column(self.column)
+        if isinstance(self.values, (str, bytes)) or not hasattr(self.values, "__iter__"):
+            raise PredicateError(f"CONTAINS needs a sequence of values, got {self.values!r}")
+        object.__setattr__(self, "values", tuple(self.values))
+        if not self.values:
+            raise PredicateError("CONTAINS needs at least one value")
+        for value in self.values:
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                raise PredicateError(f"a CONTAINS value must be a string or an integer, got {value!r}")
+        if self.mode not in ("all", "any"):
+            raise PredicateError(f"CONTAINS mode must be 'all' or 'any', got {self.mode!r}")
+        if len(self.values) == 1:
+            object.__setattr__(self, "mode", "all")
+
+    def to_json(self) -> dict:
+        return {"type": "contains", "column": self.column, "values": list(self.values), "mode": self.mode,
+                "negated": self.negated}
+
+    def _text(self) -> str:
+        not_ = "NOT " if self.negated else ""
+        if len(self.values) == 1:
+            return f"{quote_identifier(self.column)} {not_}CONTAINS {literal_text(self.values[0])}"
+        values = ", ".join(literal_text(v) for v in self.values)
+        return f"{quote_identifier(self.column)} {not_}CONTAINS {self.mode.upper()} ({values})"
+
+    def _check(self, schema: pa.Schema) -> None:
+        kind = _column_kind(schema, self.column)
+        t = schema.field(self.column).type
+        if kind not in _LIST_KINDS:
+            raise PredicateError(f"column '{self.column}' has type {t}; CONTAINS needs a list column "
+                                 "(list<string> or list<int64>)", expected="a list column")
+        for value in self.values:
+            _check_literal(self.column, t, _LIST_KINDS[kind], value)
+
+
 def _check_part(part: object) -> None:
     if not isinstance(part, Predicate):
         raise PredicateError(f"expected a Predicate, got {part!r}")
@@ -458,10 +508,10 @@ def or_(*parts: Predicate) -> Predicate:
 
 
 def not_(part: Predicate) -> Predicate:
-    """The negation of ``part``, folding NOT NOT and the negatable atoms (BETWEEN, IN, IS NULL)."""
+    """The negation of ``part``, folding NOT NOT and the negatable atoms (BETWEEN, IN, IS NULL, CONTAINS)."""
     if isinstance(part, Not):
         return part.part
-    if isinstance(part, (Between, In, IsNull)):
+    if isinstance(part, (Between, In, IsNull, Contains)):
         return dataclasses.replace(part, negated=not part.negated)
     return Not(part)
 
@@ -524,6 +574,9 @@ def _from_json(obj: Mapping, depth: int) -> Predicate:
         return IsNull(_field(obj, "column", str), _field(obj, "negated", bool))
     if kind == "bool_column":
         return BoolColumn(_field(obj, "column", str))
+    if kind == "contains":
+        return Contains(_field(obj, "column", str), tuple(_field(obj, "values", list)), _field(obj, "mode", str),
+                        _field(obj, "negated", bool))
     if kind == "not":
         return Not(_from_json(_field(obj, "part", Mapping), depth + 1))
     if kind in ("and", "or"):
@@ -535,10 +588,17 @@ def _from_json(obj: Mapping, depth: int) -> Predicate:
 # ------------------------------------------------------------------------------ validation
 
 
+_LIST_KINDS = {"string list": "string", "integer list": "integer"}
+
+
 def kind_of(t: pa.DataType) -> str | None:
-    """What predicates see in a column of type ``t``: string, bool, integer, float, temporal, or None (untestable)."""
+    """What predicates see in a column of type ``t``: string, bool, integer, float, temporal, string list,
+    integer list, or None (untestable)."""
     if pa.types.is_dictionary(t):
         return kind_of(t.value_type)
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        element = kind_of(t.value_type)
+        return element + " list" if element in ("string", "integer") else None
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         return "string"
     if pa.types.is_boolean(t):
@@ -583,6 +643,9 @@ _EXPECTED_LITERAL = {"string": "a string", "bool": "TRUE or FALSE", "integer": "
 
 
 def _check_literal(column: str, t: pa.DataType, kind: str, value: Value) -> None:
+    if kind in _LIST_KINDS:
+        raise PredicateError(f"column '{column}' has type {t}; a list column is tested with CONTAINS, "
+                             "CONTAINS ALL, CONTAINS ANY or IS NULL", expected="CONTAINS")
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     ok = {
         "string": isinstance(value, str),

@@ -82,6 +82,9 @@ def is_attribute_type(t: pa.DataType) -> bool:
     """True for the attribute types an index can hold and predicates can test."""
     if pa.types.is_dictionary(t):
         return is_attribute_type(t.value_type)
+    if pa.types.is_list(t) or pa.types.is_large_list(t):  # a multi-valued attribute (tags)
+        element = t.value_type
+        return pa.types.is_string(element) or pa.types.is_large_string(element) or pa.types.is_integer(element)
     return (
         pa.types.is_string(t)
         or pa.types.is_large_string(t)
@@ -127,7 +130,7 @@ def check_item_schema(schema: pa.Schema) -> None:
         if not is_attribute_type(t):
             raise SchemaError(
                 f"attribute column '{name}' has unsupported type {t}; "
-                "supported: string, integer, float, bool, timestamp, date"
+                "supported: string, integer, float, bool, timestamp, date, list<string>, list<int64>"
             )
 
 

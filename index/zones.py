@@ -10,7 +10,9 @@ at once, with the same exact comparisons that evaluate rows
 * over listed values, exactly: can the atom be true (false) on some value?
 * over a range, soundly: ``x = v`` can be true only if min <= v <= max, ``x < v``
   only if min < v, and so on (it may say "can" where no row matches, never "cannot"
-  where one does).
+  where one does);
+* a list column (tags) keeps each partition's distinct elements: ``CONTAINS v`` can be true
+  only where a list holds v (ALL: every value, ANY: one of them).
 
 Atoms combine by Kleene logic over the two possibilities (can be true, can be
 false), as :func:`beamvec.index.boxes.may_match` does over a plan's partition
@@ -26,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from beamvec.index.columns import Column, Columns, encode, holds, operand_of
-from beamvec.index.predicate import Between, Compare, In, IsNull, MatchAll, Predicate
+from beamvec.index.predicate import Between, Compare, Contains, In, IsNull, MatchAll, Predicate, not_
 
 _OPS = {"=": np.equal, "!=": np.not_equal, "<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal}
 
@@ -50,6 +52,14 @@ class _ColumnZones(NamedTuple):
     high: Columns  # their largest values
     has_null: np.ndarray  # per partition
     has_value: np.ndarray  # per partition
+
+
+class _ListZones(NamedTuple):
+    """One list column over all partitions: each one's distinct elements (sorted), and nulls."""
+
+    held: list  # per partition, a sorted array of the elements its lists hold
+    has_null: np.ndarray
+    has_value: np.ndarray  # per partition: whether it has a non-null list
 
 
 class ZoneMaps:
@@ -90,6 +100,13 @@ class ZoneMaps:
         z = self._column(atom.column)  # type: ignore[attr-defined]
         if isinstance(atom, IsNull):
             return z.has_null if truth != atom.negated else z.has_value
+        if isinstance(atom, Contains):  # positive: true only where lists hold the values; false wherever a list is
+            if atom.negated:
+                return self._judge(not_(atom), not truth)
+            if not truth:
+                return z.has_value
+            found = [np.isin(np.asarray(atom.values, object), held.astype(object)) for held in z.held]
+            return np.array([f.all() if atom.mode == "all" else f.any() for f in found], bool) & z.has_value
         out = np.zeros(self.partitions, bool)
         if len(z.owner):  # exact over the listed values
             out[z.owner[z.listed.evaluate(atom, truth)]] = True
@@ -139,6 +156,11 @@ def _decoded(column: Column) -> np.ndarray:
 def _summarise(name: str, columns: list[Column]) -> _ColumnZones:
     """Zones of one column from its encoded form in every partition."""
     count = len(columns)
+    if columns[0].rows is not None:  # a list column
+        return _ListZones([np.unique(c.values) if c.dictionary is None else c.dictionary[np.unique(c.values)]
+                           for c in columns],
+                          np.array([c.valid is not None and not c.valid.all() for c in columns], bool),
+                          np.array([c.valid is None or c.valid.any() for c in columns], bool))
     listed, owner, ranged, lows, highs = [], [], [], [], []
     has_null = np.array([c.valid is not None and not c.valid.all() for c in columns], bool)
     has_value = np.zeros(count, bool)

@@ -13,6 +13,8 @@ from beamvec.pipelines import quiet
 
 # `bench --suite compare --methods`: beamvec.pipelines.compare.METHODS (not imported: it loads the index).
 _COMPARE_METHODS = ("workload", "hash", "attribute", "kmeans", "scann", "faiss", "exact")
+# `--generator`: beamvec.pipelines.synthetic.GENERATORS.
+GENERATOR_NAMES = ("catalog", "tenants", "tags")
 
 
 def _demo(args: argparse.Namespace, extra: list[str]) -> int:
@@ -387,7 +389,7 @@ def parser() -> argparse.ArgumentParser:
                               "beamvec on")
     generate.add_argument("--output", required=True, help="directory for items.parquet, queries.parquet, "
                           "workload.parquet")
-    generate.add_argument("--generator", choices=["catalog", "tenants"], default="catalog")
+    generate.add_argument("--generator", choices=sorted(GENERATOR_NAMES), default="catalog")
     generate.add_argument("--num-items", type=_positive, default=20_000)
     generate.add_argument("--num-queries", type=_positive, default=1_000)
     generate.add_argument("--dimension", type=_positive, default=32)
@@ -414,8 +416,8 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--workload", help="workload log (predicates, optionally vectors) for the workload partitioner "
                        "and calibration (compare default: an independent draw like the queries, with vectors)")
     bench.add_argument("--attribute", help="column for the attribute:COL partitioner (default: category; "
-                       "tenants generator: tenant)")
-    bench.add_argument("--generator", choices=["catalog", "tenants"], default="catalog",
+                       "tenants generator: tenant; tags generator: none, the method is left out)")
+    bench.add_argument("--generator", choices=sorted(GENERATOR_NAMES), default="catalog",
                        help="compare: synthetic generator of items, queries and workload log (without --items)")
     bench.add_argument("--methods", nargs="+", default=list(_COMPARE_METHODS), choices=_COMPARE_METHODS,
                        metavar="METHOD", help=f"compare: methods to run, of {' '.join(_COMPARE_METHODS)} (default all)")

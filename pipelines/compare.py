@@ -46,10 +46,10 @@ import pyarrow.parquet as pq
 
 from beamvec.index import Index, build_index, exact
 from beamvec.pipelines import synthetic
-from beamvec.index.columns import Columns
+from beamvec.index.columns import Columns, list_elements
 from beamvec.index.masks import MaskCache
 from beamvec.index.plan import fit_plan
-from beamvec.index.predicate import And, Between, BoolColumn, Compare, IsNull, Not, Or
+from beamvec.index.predicate import And, Between, BoolColumn, Compare, Contains, IsNull, Not, Or
 from beamvec.index.parser import parse
 from beamvec.index.querylog import QueryLog
 from beamvec.index.schema import PREDICATE, validate_items, validate_queries
@@ -157,7 +157,13 @@ def pyarrow_evaluator(table: pa.Table) -> Evaluator:
             return column
         if isinstance(p, Compare):
             return _ARROW_OPS[p.op](column, p.value)
-        if isinstance(p, Between):
+        if isinstance(p, Contains):  # per value, the rows of the elements equal to it
+            parents, elements = list_elements(column.combine_chunks())
+            held = [np.bincount(parents[np.asarray(pc.fill_null(pc.equal(elements, v), False))],
+                                minlength=len(column)) > 0 for v in p.values]
+            found = np.logical_and.reduce(held) if p.mode == "all" else np.logical_or.reduce(held)
+            inside = pc.if_else(pc.is_null(column), pa.scalar(None, pa.bool_()), pa.array(found))
+        elif isinstance(p, Between):
             inside = pc.and_kleene(pc.greater_equal(column, p.low), pc.less_equal(column, p.high))
         else:  # In
             inside = pc.if_else(pc.is_null(column), pa.scalar(None, pa.bool_()),
@@ -736,6 +742,8 @@ def run(output: str, items_path: str | None = None, queries_path: str | None = N
         items, queries, workload = generated(generator, num_items, dimension, num_queries, seed)
     if workload_path:
         workload = read_workload(workload_path, validate_items(items.slice(0, 1)).vectors.shape[1])
+    if attribute is None and not items_path and generator == "tags":  # no scalar column to partition by
+        methods = [m for m in methods if m != "attribute"]
     attribute = attribute or ("tenant" if not items_path and generator == "tenants" else "category")
     log(f"{items.num_rows} items ({source}), {queries.num_rows} queries, k={k}; workload log: "
         f"{len(workload) if workload is not None else 0} queries, "

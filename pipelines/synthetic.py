@@ -1,6 +1,6 @@
 """Generated data sets: realistic enough to exercise every part, small enough to ship as code.
 
-Two independent workloads, so that nothing is tuned to one generator; :data:`GENERATORS`
+Independent workloads, so that nothing is tuned to one generator; :data:`GENERATORS`
 names them, each a :class:`Generator` of (items, predicates, queries):
 
 * ``catalog``, music-like: :func:`make_items` makes unit-norm clustered vectors with
@@ -18,6 +18,11 @@ names them, each a :class:`Generator` of (items, predicates, queries):
   tenants, a long tail; ranges of random width, IN, OR, NOT, IS NULL) matching from
   none to all of the rows, and :func:`make_tenant_queries` searches near the
   clusters of the tenant a query names.
+
+* ``tags``, the NeurIPS'23 filtered track's shape: :func:`make_tag_items` gives each item a bag of
+  tags (list<string>, a Zipf vocabulary of 10,000, tags following the vectors' clusters),
+  :func:`tag_predicates` requires one tag or two (CONTAINS / CONTAINS ALL), matching from a few
+  rows to 10%, and :func:`make_tag_queries` searches near the named tag's home cluster.
 
 Also :func:`selectivity_predicate`, a predicate matching a given fraction of rows, and
 :func:`queries_from_items`: queries and predicates taken from any item table (each
@@ -324,13 +329,108 @@ def make_tenant_queries(
     home = layout.homes[np.maximum(named, 0), rng.integers(0, _HOMES, n)]
     cluster = np.where((named >= 0) & (rng.random(n) < 0.9), home,
                        rng.choice(clusters, n, p=_zipf_weights(clusters, 0.5)))
+    return _queries_table(_around(rng, _centers(dimension, clusters, seed, stream=20), cluster), predicates, k)
+
+
+VOCABULARY = 10_000
+_NAMED_TAG = re.compile(r"CONTAINS\s*(?:ALL\s*\(|ANY\s*\()?\s*'tag(\d+)'", re.IGNORECASE)
+
+
+class _Tags(NamedTuple):
+    weight: np.ndarray  # each tag's share of all tag draws (Zipf over a seeded ranking)
+    home: np.ndarray  # the cluster each tag mostly describes
+    ranking: np.ndarray  # tag numbers, most used first
+
+
+def _tag_layout(seed: int, clusters: int) -> _Tags:
+    rng = np.random.default_rng([seed, 31])
+    ranking = rng.permutation(VOCABULARY)
+    weight = np.empty(VOCABULARY)
+    weight[ranking] = _zipf_weights(VOCABULARY, 0.8)
+    return _Tags(weight, rng.choice(clusters, VOCABULARY, p=_zipf_weights(clusters, 0.5)), ranking)
+
+
+def _tag_names(numbers: np.ndarray) -> np.ndarray:
+    return np.char.add("tag", np.char.zfill(numbers.astype(str), 5))
+
+
+def make_tag_items(n: int, dimension: int = 64, seed: int = 0, clusters: int = 64, ids: str = "int") -> pa.Table:
+    """``n`` images-like items with a bag of tags, as the NeurIPS'23 filtered track's YFCC data has:
+    ``id``, ``vector`` and ``tags`` (list<string> from a Zipf vocabulary of :data:`VOCABULARY` tags,
+    1 to 40 per item, about 5 on average; 2% of lists empty, 1% null). Each tag has a home cluster:
+    70% of an item's tags are drawn among its own cluster's tags, so tags follow the vectors."""
+    layout = _tag_layout(seed, clusters)
+    rng = np.random.default_rng([seed, 32])
+    vectors, cluster = _clustered(rng, _centers(dimension, clusters, seed, stream=30), n, spread=0.8)
+    counts = np.clip(np.round(rng.lognormal(np.log(4), 0.8, n)), 1, 40).astype(np.int64)
+    counts[rng.random(n) < 0.02] = 0
+    owner = np.repeat(np.arange(n), counts)
+    # Draws among one cluster's tags: the tags ordered by home, cumulative weight within each home.
+    by_home = np.lexsort((-layout.weight, layout.home))
+    within = layout.weight[by_home]
+    totals = np.bincount(layout.home, weights=layout.weight, minlength=clusters)
+    home_of = layout.home[by_home]
+    scale = np.where(totals > 0, totals, 1.0)
+    cumulative = home_of + (np.cumsum(within) - np.concatenate([[0], np.cumsum(totals)])[home_of]) / scale[home_of]
+    local = by_home[np.minimum(np.searchsorted(cumulative, cluster[owner] + rng.random(len(owner))), VOCABULARY - 1)]
+    anywhere = rng.choice(VOCABULARY, len(owner), p=layout.weight)
+    tags = np.where(rng.random(len(owner)) < 0.7, local, anywhere)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    null = rng.random(n) < 0.01
+    id_values = pa.array(np.arange(n, dtype=np.int64))
+    return pa.table({
+        "id": id_values if ids == "int" else pc.binary_join_element_wise("item-", id_values.cast(pa.string()), ""),
+        "vector": vectors_array(vectors),
+        "tags": pa.ListArray.from_arrays(pa.array(offsets), pa.array(_tag_names(tags)), mask=pa.array(null)),
+    })
+
+
+def tag_predicates(n: int, seed: int = 0, *, clusters: int = 64) -> list[str]:
+    """``n`` filtered-track queries' predicates over :func:`make_tag_items`: half require one tag
+    (``tags CONTAINS 'tag01234'``), half two (``tags CONTAINS ALL (...)``: the second a tag of the first
+    one's home cluster, so that most pairs co-occur). The first tag's popularity rank is log-uniform,
+    so selectivities run from the rarest tags (a few rows in a million) to the most common (10-20%)."""
+    layout = _tag_layout(seed, clusters)
+    rng = np.random.default_rng([seed, 33])
+    first = layout.ranking[np.minimum((10 ** rng.uniform(0, np.log10(VOCABULARY), n)).astype(np.int64) - 1,
+                                      VOCABULARY - 1)]
+    out = []
+    for tag, two in zip(first, rng.random(n) < 0.5):
+        if not two:
+            out.append(f"tags CONTAINS '{_tag_names(np.array([tag]))[0]}'")
+            continue
+        mates = np.flatnonzero(layout.home == layout.home[tag])
+        mates = mates[mates != tag] if len(mates) > 1 else np.flatnonzero(np.arange(VOCABULARY) != tag)
+        mate = rng.choice(mates, p=layout.weight[mates] / layout.weight[mates].sum())
+        out.append(f"tags CONTAINS ALL ({', '.join(repr(str(t)) for t in _tag_names(np.array([tag, mate])))})")
+    return out
+
+
+def make_tag_queries(
+    n: int, dimension: int = 64, seed: int = 0, clusters: int = 64,
+    predicates: list[str] | None = None, k: int | None = None,
+) -> pa.Table:
+    """``n`` queries near :func:`make_tag_items` items of the same ``seed``: a query naming a tag
+    (the first one) searches that tag's home cluster 80% of the time. Columns as in :func:`make_queries`."""
+    predicates = predicates if predicates is not None else tag_predicates(n, seed, clusters=clusters)
+    layout = _tag_layout(seed, clusters)
+    named = np.array([int(m.group(1)) if (m := _NAMED_TAG.search(p or "")) else -1 for p in predicates], np.int64)
+    named[named >= VOCABULARY] = -1
+    rng = np.random.default_rng([seed, 34])
+    cluster = np.where((named >= 0) & (rng.random(n) < 0.8), layout.home[np.maximum(named, 0)],
+                       rng.choice(clusters, n, p=_zipf_weights(clusters, 0.5)))
+    return _queries_table(_around(rng, _centers(dimension, clusters, seed, stream=30), cluster), predicates, k)
+
+
+def _queries_table(vectors: np.ndarray, predicates: list[str], k: int | None) -> pa.Table:
+    """Columns as in :func:`make_queries`: query_id, vector, predicate (and k when given)."""
     columns = {
-        "query_id": pa.array(np.arange(n, dtype=np.int64)),
-        "vector": vectors_array(_around(rng, _centers(dimension, clusters, seed, stream=20), cluster)),
+        "query_id": pa.array(np.arange(len(vectors), dtype=np.int64)),
+        "vector": vectors_array(vectors),
         "predicate": pa.array(predicates, pa.string()),
     }
     if k is not None:
-        columns["k"] = pa.array(np.full(n, k, np.int64))
+        columns["k"] = pa.array(np.full(len(vectors), k, np.int64))
     return pa.table(columns)
 
 
@@ -399,6 +499,7 @@ class Generator(NamedTuple):
 GENERATORS: dict[str, Generator] = {
     "catalog": Generator(make_items, random_predicates, make_queries),
     "tenants": Generator(make_tenant_items, tenant_predicates, make_tenant_queries),
+    "tags": Generator(make_tag_items, tag_predicates, make_tag_queries),
 }
 """The workload generators by name."""
 

@@ -476,8 +476,8 @@ def test_type_ok(text: str) -> None:
 
 
 def test_evaluate_validates_first() -> None:
-    table = pa.table({"year": ["2000"], "tags": pa.array([[1]], pa.list_(pa.int64()))})
-    for text in ("year > 5", "year = '2000' AND year > 5", "tags IS NULL", "missing"):
+    table = pa.table({"year": ["2000"], "scores": pa.array([[1.5]], pa.list_(pa.float64()))})
+    for text in ("year > 5", "year = '2000' AND year > 5", "scores IS NULL", "missing"):
         with pytest.raises(PredicateError):
             parse(text).evaluate(table)
 

@@ -6,8 +6,11 @@ import re
 from collections import Counter
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from beamvec.pipelines import synthetic
+from beamvec.index.columns import masks_of
+from beamvec.pipelines import cli, synthetic
 from beamvec.index.parser import parse
 from beamvec.index.schema import validate_items
 
@@ -143,12 +146,12 @@ def test_tenant_queries_search_their_tenants_data():
 
 
 def test_generators_share_signatures():
-    assert set(synthetic.GENERATORS) == {"catalog", "tenants"}
+    assert set(synthetic.GENERATORS) == set(cli.GENERATOR_NAMES)
     for field in synthetic.Generator._fields:
         signatures = [inspect.signature(getattr(g, field)).parameters for g in synthetic.GENERATORS.values()]
         positional = [[(p.name, p.default) for p in s.values() if p.kind is p.POSITIONAL_OR_KEYWORD]
                       for s in signatures]
-        assert positional[0] == positional[1], field
+        assert all(p == positional[0] for p in positional), field
     for generator in synthetic.GENERATORS.values():
         items = generator.items(500, 8, 3)
         predicates = generator.predicates(50, 3)
@@ -156,3 +159,26 @@ def test_generators_share_signatures():
         assert queries.column_names == ["query_id", "vector", "predicate", "k"]
         for text in predicates:
             parse(text).validate(items.schema)
+
+
+def test_tag_generator_follows_the_clusters_and_spans_selectivities():
+    items = synthetic.make_tag_items(20_000, 16, 4)
+    assert items.equals(synthetic.make_tag_items(20_000, 16, 4))
+    assert items.schema.field("tags").type == pa.list_(pa.string())
+    lengths = pc.fill_null(pc.list_value_length(items.column("tags")), 0).to_numpy()
+    assert items.column("tags").null_count > 0 and (lengths == 0).any() and lengths.max() > 15
+    predicates = synthetic.tag_predicates(400, 4)
+    assert predicates == synthetic.tag_predicates(400, 4)
+    masks = masks_of(items.drop_columns(["vector"]), predicates)
+    selectivity = np.array([masks[p].mean() for p in predicates])
+    assert selectivity.max() > 0.03 and np.quantile(selectivity[selectivity > 0], 0.1) < 0.001
+    assert (selectivity > 0).mean() > 0.7  # the rarest tags and pairs match none of 20,000 rows
+    assert sum("CONTAINS ALL" in p for p in predicates) > 100
+    # A query lies near rows holding its tag: its nearest items match far more often than rows at large.
+    queries = synthetic.make_tag_queries(400, 16, 4, predicates=predicates)
+    vectors = items.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, 16)
+    q = queries.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, 16)
+    nearest = np.argsort(-(q @ vectors.T), axis=1)[:, :200]
+    # (tags at large, the most common ones, follow no cluster: the median query's tag is a local one)
+    lift = [masks[p][nearest[i]].mean() / masks[p].mean() for i, p in enumerate(predicates) if masks[p].sum() >= 20]
+    assert np.median(lift) > 3, np.median(lift)
