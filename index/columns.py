@@ -38,6 +38,9 @@ from beamvec.index.predicate import (
 
 # Compiled predicates a Columns keeps.
 _PROGRAMS = 1 << 16
+# Masks of list conditions, and where predicates with them are true and false, over all rows, kept for
+# the runs of rows a search evaluates them on (each mask as many bytes as rows).
+_TRUTHS = 64
 _MICROS_PER_UNIT = {"s": 10**6, "ms": 1000, "us": 1, "ns": Fraction(1, 1000)}
 
 
@@ -71,6 +74,7 @@ class Columns:
         self._programs: dict[Predicate, Program] = {}
         self._operands: dict[tuple, tuple[str, object]] = {}
         self._contains: dict[Contains, Column] = {}
+        self._truths: dict[Predicate, tuple[np.ndarray, np.ndarray]] = {}  # of predicates with list conditions
         self._parent: tuple[Columns, int] | None = None
 
     @classmethod
@@ -113,7 +117,7 @@ class Columns:
         the list is null), once per atom."""
         found = self._contains.get(atom)
         if found is None:
-            if len(self._contains) >= _PROGRAMS:
+            if len(self._contains) >= _TRUTHS:
                 self._contains.clear()
             if self._parent is not None:
                 parent, start = self._parent
@@ -154,6 +158,7 @@ class Columns:
         self._programs.clear()
         self._operands.clear()
         self._contains.clear()
+        self._truths.clear()
 
     def run(self, predicate: Predicate, lo: int = 0, hi: int | None = None, truth: bool = True,
             conjuncts: tuple[int, ...] | None = None) -> tuple[np.ndarray, int, int, int]:
@@ -163,7 +168,12 @@ class Columns:
         hi = self.num_rows if hi is None else hi
         part = predicate if conjuncts is None else and_(*(predicate.parts[i] for i in conjuncts))
         if any(isinstance(atom, Contains) for atom in part.atoms()):
-            mask = self._kleene(part)[0 if truth else 1][lo:hi]
+            truths = self._truths.get(part)
+            if truths is None:
+                if len(self._truths) >= _TRUTHS:
+                    self._truths.pop(next(iter(self._truths)))
+                truths = self._truths[part] = self._kleene(part)
+            mask = truths[0 if truth else 1][lo:hi]
             at = np.flatnonzero(mask)
             return mask, len(at), (int(at[0]) if len(at) else 0), (int(at[-1]) + 1 if len(at) else 0)
         return run(self.compile(predicate, conjuncts), self._layout, lo, hi, truth)

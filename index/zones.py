@@ -105,14 +105,21 @@ class ZoneMaps:
                 return self._judge(not_(atom), not truth)
             if not truth:
                 return z.has_value
-            found = [np.isin(np.asarray(atom.values, object), held.astype(object)) for held in z.held]
-            return np.array([f.all() if atom.mode == "all" else f.any() for f in found], bool) & z.has_value
+            every = atom.mode == "all"
+            return np.array([(all if every else any)(_holds(held, v) for v in atom.values) for held in z.held],
+                            bool) & z.has_value
         out = np.zeros(self.partitions, bool)
         if len(z.owner):  # exact over the listed values
             out[z.owner[z.listed.evaluate(atom, truth)]] = True
         if len(z.ranged):
             out[z.ranged] = _ranged(z, atom)[0 if truth else 1]
         return out & z.has_value
+
+
+def _holds(held: np.ndarray, value) -> bool:
+    """Whether the sorted distinct elements ``held`` include ``value`` (a binary search)."""
+    at = int(np.searchsorted(held, value))
+    return at < len(held) and held[at] == value
 
 
 def _ranged(z: _ColumnZones, atom: Predicate) -> Masks:
