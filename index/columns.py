@@ -171,9 +171,9 @@ class Columns:
             truths = self._truths.get(part)
             if truths is None:
                 if len(self._truths) >= _TRUTHS:
-                    self._truths.pop(next(iter(self._truths)))
+                    self._truths.clear()  # (not an eviction: a worker's threads share these columns)
                 truths = self._truths[part] = self._kleene(part)
-            mask = truths[0 if truth else 1][lo:hi]
+            mask = truths[0 if truth else 1][lo:hi].copy()  # the caller's to change, as the kernel's are
             at = np.flatnonzero(mask)
             return mask, len(at), (int(at[0]) if len(at) else 0), (int(at[-1]) + 1 if len(at) else 0)
         return run(self.compile(predicate, conjuncts), self._layout, lo, hi, truth)
