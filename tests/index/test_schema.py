@@ -43,8 +43,8 @@ def test_float64_overflowing_float32_is_rejected():
 def test_whole_table_problems_raise_schema_error():
     with pytest.raises(SchemaError, match="no 'vector' column"):
         validate_items(pa.table({"id": [1]}))
-    with pytest.raises(SchemaError, match="attribute column 'tags' has unsupported type list<item: string>"):
-        validate_items(items([1], [[1.0]], tags=pa.array([["x"]])))
+    with pytest.raises(SchemaError, match="attribute column 'scores' has unsupported type list<item: double>"):
+        validate_items(items([1], [[1.0]], scores=pa.array([[0.5]])))
     with pytest.raises(SchemaError, match="column 'id' has type double"):
         validate_items(items(pa.array([1.5]), [[1.0]]))
 

@@ -471,7 +471,7 @@ def test_a_user_error_is_one_line_on_stderr_with_exit_code_2(tmp_path):
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [
         f"beamvec build: {tmp_path / 'items.parquet'}: attribute column 'meta' has unsupported type "
-        "struct<a: int64>; supported: string, integer, float, bool, timestamp, date"], done.stderr
+        "struct<a: int64>; supported: string, integer, float, bool, timestamp, date, list<string>, list<int64>"], done.stderr
     verbose = subprocess.run(argv[:3] + ["--verbose"] + argv[3:], capture_output=True, text=True, timeout=300)
     assert verbose.returncode == 2 and "Traceback" in verbose.stderr, verbose.stderr
 
