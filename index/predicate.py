@@ -267,6 +267,16 @@ class Compare(_Atom):
 
 
 
+def _set_values(atom: Predicate, what: str) -> None:
+    """``atom.values`` made a tuple, or PredicateError unless it is a non-empty sequence."""
+    values = atom.values  # type: ignore[attr-defined]
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise PredicateError(f"{what} needs a sequence of values, got {values!r}")
+    object.__setattr__(atom, "values", tuple(values))
+    if not atom.values:  # type: ignore[attr-defined]
+        raise PredicateError(f"{what} needs at least one value")
+
+
 @_node
 class Between(_Atom):
     """``column [NOT] BETWEEN low AND high``, inclusive at both ends."""
@@ -304,11 +314,7 @@ class In(_Atom):
 
     def __post_init__(self) -> None:
         _check_column(self.column)
-        if isinstance(self.values, (str, bytes)) or not hasattr(self.values, "__iter__"):
-            raise PredicateError(f"IN needs a sequence of values, got {self.values!r}")
-        object.__setattr__(self, "values", tuple(self.values))
-        if not self.values:
-            raise PredicateError("IN needs at least one value")
+        _set_values(self, "IN")
         for value in self.values:
             _check_value(value)
 
@@ -379,11 +385,7 @@ class Contains(_Atom):
 
     def __post_init__(self) -> None:
         _check_column(self.column)
-        if isinstance(self.values, (str, bytes)) or not hasattr(self.values, "__iter__"):
-            raise PredicateError(f"CONTAINS needs a sequence of values, got {self.values!r}")
-        object.__setattr__(self, "values", tuple(self.values))
-        if not self.values:
-            raise PredicateError("CONTAINS needs at least one value")
+        _set_values(self, "CONTAINS")
         for value in self.values:
             if isinstance(value, bool) or not isinstance(value, (str, int)):
                 raise PredicateError(f"a CONTAINS value must be a string or an integer, got {value!r}")
