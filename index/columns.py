@@ -41,6 +41,8 @@ _PROGRAMS = 1 << 16
 # Masks of list conditions, and where predicates with them are true and false, over all rows, kept for
 # the runs of rows a search evaluates them on (each mask as many bytes as rows).
 _TRUTHS = 64
+# Bytes of the rows where list conditions hold kept (a batch's every distinct condition, for all shards).
+_HOLDING_BYTES = 256 << 20
 _MICROS_PER_UNIT = {"s": 10**6, "ms": 1000, "us": 1, "ns": Fraction(1, 1000)}
 
 
@@ -74,6 +76,8 @@ class Columns:
         self._programs: dict[Predicate, Program] = {}
         self._operands: dict[tuple, tuple[str, object]] = {}
         self._contains: dict[Contains, Column] = {}
+        self._holding: dict[Contains, np.ndarray] = {}  # rows where list conditions hold
+        self._holding_bytes = 0
         self._truths: dict[Predicate, tuple[np.ndarray, np.ndarray]] = {}  # of predicates with list conditions
         self._parent: tuple[Columns, int] | None = None
 
@@ -88,6 +92,11 @@ class Columns:
         columns = Columns(None, stop - start)
         columns._parent = (self, start)
         return columns
+
+    @property
+    def within(self) -> tuple["Columns", int] | None:
+        """For a :meth:`segment`, the columns it is rows of and its first row there; else None."""
+        return self._parent
 
     @property
     def schema(self) -> pa.Schema:
@@ -126,10 +135,29 @@ class Columns:
                 found = whole._replace(values=whole.values[start:stop],
                                        valid=None if whole.valid is None else whole.valid[start:stop])
             else:
-                found = Column("bool", contains_mask(self.column(atom.column), self.num_rows, atom),
-                               self.column(atom.column).valid)
+                mask = np.zeros(self.num_rows, bool)
+                mask[self.holding(atom)] = True
+                found = Column("bool", mask, self.column(atom.column).valid)
             self._contains[atom] = found
         return found
+
+    def holding(self, atom: Contains, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """The rows lo..hi-1, ascending, whose list holds the values of ``atom`` (its negation ignored),
+        from the posting lists (:func:`posting_rows`), found once per atom for all rows (a batch asks
+        for each shard's rows of an index's columns in turn)."""
+        found = self._holding.get(atom)
+        if found is None:
+            column = self.column(atom.column)
+            found = posting_rows(column, list_keys(column, atom.values), atom, 0, self.num_rows)
+            self._holding_bytes += found.nbytes
+            if self._holding_bytes > _HOLDING_BYTES:
+                self._holding.clear()
+                self._holding_bytes = found.nbytes
+            self._holding[atom] = found
+        if lo == 0 and hi is None:
+            return found
+        hi = self.num_rows if hi is None else hi
+        return found[np.searchsorted(found, lo):np.searchsorted(found, hi)]
 
     def compile(self, predicate: Predicate, conjuncts: tuple[int, ...] | None = None) -> Program:
         """``predicate`` compiled against these columns, once (not validated: see :meth:`Predicate.validate`);
@@ -159,6 +187,8 @@ class Columns:
         self._operands.clear()
         self._contains.clear()
         self._truths.clear()
+        self._holding.clear()
+        self._holding_bytes = 0
 
     def run(self, predicate: Predicate, lo: int = 0, hi: int | None = None, truth: bool = True,
             conjuncts: tuple[int, ...] | None = None) -> tuple[np.ndarray, int, int, int]:
@@ -277,19 +307,26 @@ def holds(predicate: Predicate, atom: Callable[[Predicate, bool], np.ndarray], n
     return atom(predicate, truth)
 
 
-def contains_mask(column: Column, num_rows: int, atom: Contains) -> np.ndarray:
-    """The rows whose list holds every (mode "all") or some ("any") value of ``atom`` (its negation
-    ignored), from the posting lists of the encoded list ``column``; False on null rows."""
-    keys = list_keys(column, atom.values)
+def posting_rows(column: Column, keys: list[int], atom: Contains, lo: int, hi: int) -> np.ndarray:
+    """The rows lo..hi-1 (ascending) whose list holds every (mode "all") or some ("any") of ``atom``'s
+    values (``keys``: those the column holds, :func:`list_keys`), from the posting lists of the
+    encoded list ``column``: binary searches and the matching rows only, no pass over the rows."""
     every = atom.mode == "all"
-    if every and len(keys) < len(set(atom.values)):  # a value no list holds
-        return np.zeros(num_rows, bool)
-    out = None
+    if not keys or (every and len(keys) < len(set(atom.values))):  # a value no list holds
+        return np.zeros(0, np.int64)
+    lists = []
     for key in keys:
-        mask = np.zeros(num_rows, bool)
-        mask[column.rows[np.searchsorted(column.values, key, "left"):np.searchsorted(column.values, key, "right")]] = True
-        out = mask if out is None else (out & mask) if every else (out | mask)
-    return np.zeros(num_rows, bool) if out is None else out
+        rows = column.rows[np.searchsorted(column.values, key, "left"):np.searchsorted(column.values, key, "right")]
+        lists.append(rows[np.searchsorted(rows, lo):np.searchsorted(rows, hi)])
+    if len(lists) == 1:
+        return lists[0]
+    if every:
+        lists.sort(key=len)
+        out = lists[0]
+        for rows in lists[1:]:
+            out = out[np.isin(out, rows, assume_unique=True)] if len(out) else out
+        return out
+    return np.unique(np.concatenate(lists))
 
 
 def list_keys(column: Column, values: tuple) -> list[int]:
@@ -318,9 +355,11 @@ def _encode_list(array: pa.Array, valid: np.ndarray | None) -> Column:
         present = np.asarray(pc.is_valid(elements).to_numpy(zero_copy_only=False), bool)
         rows, elements = rows[present], elements.filter(pa.array(present))
     element = encode(elements)
-    order = np.argsort(element.values, kind="stable")
-    return Column(kind_of(array.type), element.values[order].astype(np.int64), valid, element.dictionary,
-                  element.low, element.high, rows=rows[order])
+    order = np.argsort(element.values, kind="stable")  # by key, then row: each posting list ascending
+    keys, rows = element.values[order].astype(np.int64), rows[order]
+    first = np.r_[True, (keys[1:] != keys[:-1]) | (rows[1:] != rows[:-1])][:len(keys)]  # a value twice in a list: once
+    return Column(kind_of(array.type), keys[first], valid, element.dictionary, element.low, element.high,
+                  rows=rows[first])
 
 
 def encode(array: pa.Array | pa.ChunkedArray) -> Column:

@@ -112,6 +112,35 @@ def search_rows(
     return out_pos, out_keys
 
 
+def search_gathered(
+    vectors: np.ndarray, queries: np.ndarray, k: int, metric: str, rows: Sequence[np.ndarray], sizes: Sequence[int],
+    stats: SearchStats | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of groups of queries, each group among its own rows: the next ``sizes[g]`` of
+    ``queries`` among ``vectors[rows[g]]`` (``rows[g]`` ascending, non-empty), as :func:`search_rows`
+    finds them one group at a time, but with one gather of every group's rows, a product per group
+    and one selection for all: for the many groups of a few rows each that selective predicates make,
+    where a call per group costs more than its scores. The score matrix is (queries, most rows of a group)."""
+    stats = stats or SearchStats()
+    sizes = np.asarray(sizes, np.int64)
+    lengths = np.array([len(r) for r in rows], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    keys = np.full((int(sizes.sum()), int(lengths.max(initial=1))), -np.inf, np.float32)
+    with stats.timed("scoring"):
+        flat = np.concatenate(rows) if len(rows) else np.zeros(0, np.int64)
+        subset = vectors[flat]
+        norms = squared_norms(subset) if metric == "squared_l2" else None
+        at = 0
+        for size, a, b in zip(sizes.tolist(), offsets[:-1].tolist(), offsets[1:].tolist()):
+            keys[at:at + size, :b - a] = score_matrix(queries[at:at + size], subset[a:b], metric,
+                                                      None if norms is None else norms[a:b])
+            at += size
+    with stats.timed("selection"):
+        pos, best = top_k(keys, k)
+    first = np.repeat(offsets[:-1], sizes)[:, None]
+    return np.where(pos >= 0, flat[np.minimum(first + np.maximum(pos, 0), max(len(flat) - 1, 0))], -1), best
+
+
 def search_masked(
     vectors: np.ndarray,
     queries: np.ndarray,

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from beamvec.index.columns import Columns
-from beamvec.index.predicate import And, Between, BoolColumn, Compare, In, IsNull, MatchAll, Predicate
+from beamvec.index.predicate import And, Between, BoolColumn, Compare, Contains, In, IsNull, MatchAll, Predicate
 
 # Bytes of masks kept per table.
 DEFAULT_BUDGET = 256 << 20
@@ -94,6 +94,8 @@ class MaskCache:
         lo, hi, rest = self._narrow(parts)
         if lo >= hi:
             return Run(0, 0, 0, None)
+        if any(isinstance(parts[i], Contains) and not parts[i].negated for i in rest):
+            return self._from_postings(predicate, parts, lo, hi, rest)
         if not rest:
             return Run(hi - lo, lo - self.start, hi - self.start, None)
         conjuncts = None if len(rest) == len(parts) else tuple(rest)
@@ -102,6 +104,27 @@ class MaskCache:
             return Run(0, 0, 0, None)
         lo -= self.start
         return Run(matches, lo + first, lo + last, None if matches == last - first else local[first:last])
+
+    def _from_postings(self, predicate: Predicate, parts: tuple[Predicate, ...], lo: int, hi: int,
+                       rest: list[int]) -> Run:
+        """The run of a conjunction with list conditions (``parts[i]`` for i in ``rest``, within rows lo:hi):
+        the rows their posting lists give, the other conjuncts evaluated over those rows' span only."""
+        listed = [i for i in rest if isinstance(parts[i], Contains) and not parts[i].negated]
+        rows = self.columns.holding(parts[listed[0]], lo, hi)
+        for i in listed[1:]:
+            rows = rows[np.isin(rows, self.columns.holding(parts[i], lo, hi), assume_unique=True)]
+        others = tuple(i for i in rest if i not in listed)
+        if len(rows) and others:
+            local = self.columns.run(predicate, int(rows[0]), int(rows[-1]) + 1, conjuncts=others)[0]
+            rows = rows[local[rows - rows[0]]]
+        if not len(rows):
+            return Run(0, 0, 0, None)
+        first, last = int(rows[0]), int(rows[-1]) + 1
+        local = None
+        if len(rows) < last - first:
+            local = np.zeros(last - first, bool)
+            local[rows - first] = True
+        return Run(len(rows), first - self.start, last - self.start, local)
 
     def _narrow(self, parts: tuple[Predicate, ...]) -> tuple[int, int, list[int]]:
         """The run of rows (of the columns) the conjuncts ``parts`` on the sort columns allow, and the

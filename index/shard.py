@@ -54,6 +54,8 @@ _CALIBRATION_MARGIN = 0.02
 _CALIBRATION_FIRST_GUESS = 16
 # Queries re-ranked at once: bounds their gathered full-precision candidates.
 _RERANK_QUERIES = 256
+# Scores of gathered rows held at once when groups of queries are scored together (16 MB).
+_GATHERED_SCORES = 1 << 22
 
 
 
@@ -372,22 +374,25 @@ class Shard:
         so an index plans its shards on one thread and executes them on many."""
         params = params or SearchParams()
         stats = stats or SearchStats()
-        plan = GroupPlan([], {}, self.candidates(k, params))
+        pre_groups, post_groups, cost = [], {}, 0.0
+        k = self.candidates(k, params)
         with stats.timed("masks"):
             for p, members in groups.items():
                 group = self._group(p, members)
                 if group.matches == 0:
                     continue
                 post_cost, fetch, leaves = costs.post_cost(self.num_rows, self.config, self.calibration, group.matches,
-                                                           plan.k, params)
-                pre = self._searcher is None or min(self._pre_costs(group)) <= params.prefilter_cost_ratio * post_cost
+                                                           k, params)
+                pre_cost = min(self._pre_costs(group))
+                pre = self._searcher is None or pre_cost <= params.prefilter_cost_ratio * post_cost
                 if pre:
-                    plan.pre.append(group)
+                    pre_groups.append(group)
                 else:
-                    plan.post.setdefault((fetch, leaves), []).append(group)
+                    post_groups.setdefault((fetch, leaves), []).append(group)
+                cost += len(members) * (pre_cost if pre else post_cost)
                 if not pre or self._scores_masked_run(group):  # these read packed bits
                     self._masks.excluded_bits(p)
-        return plan
+        return GroupPlan(pre_groups, post_groups, k, cost)
 
     def execute(self, queries: np.ndarray, k: int, plan: "GroupPlan", parallel: bool = True) -> "ShardResult":
         """Search the prepared ``queries`` as ``plan`` (:meth:`plan_groups`) says."""
@@ -411,15 +416,25 @@ class Shard:
         """Exact scores: each group over its gathered rows, or over the run of rows its matches
         lie in (short when rows are laid out by the columns queries filter on, see
         :mod:`beamvec.index.layout`); groups whose runs overlap share one masked product."""
-        runs = []
+        runs, gathered = [], []
         for g in groups:
-            if g.whole_run or self._scores_masked_run(g):
-                runs.append(g)
-                continue
-            rows = g.lo + np.flatnonzero(g.local)
-            result.rows[g.members], result.keys[g.members] = exact.search_rows(
-                self.vectors, queries[g.members], k, self.metric, rows, result.stats)
-            result.stats.rows_scored += len(g.members) * len(rows)
+            (runs if g.whole_run or self._scores_masked_run(g) else gathered).append(g)
+        gathered.sort(key=lambda g: g.matches)  # batched with groups of about as many rows
+        while gathered:
+            batch, queries_in = [], 0
+            while gathered and (queries_in + len(gathered[0].members)) * gathered[0].matches <= _GATHERED_SCORES:
+                queries_in += len(gathered[0].members)
+                batch.append(gathered.pop(0))
+            batch = batch or [gathered.pop(0)]  # a group too large to batch: alone (search_rows blocks its queries)
+            members = np.concatenate([g.members for g in batch])
+            rows = [g.lo + np.flatnonzero(g.local) for g in batch]
+            if len(batch) == 1:
+                found = exact.search_rows(self.vectors, queries[members], k, self.metric, rows[0], result.stats)
+            else:
+                found = exact.search_gathered(self.vectors, queries[members], k, self.metric, rows,
+                                              [len(g.members) for g in batch], result.stats)
+            result.rows[members], result.keys[members] = found
+            result.stats.rows_scored += sum(len(g.members) * g.matches for g in batch)
         for batch in costs.shared_runs(runs):
             # From a whole byte of the packed masks; rows before a group's run never match it.
             lo, hi = min(g.lo for g in batch) // 8 * 8, max(g.hi for g in batch)
@@ -511,6 +526,13 @@ class GroupPlan(NamedTuple):
     pre: list["_Group"]
     post: dict[tuple[int, int], list["_Group"]]
     k: int  # results per query searched for (more than asked when re-ranking)
+    cost: float = 0.0  # estimated nanoseconds (:mod:`beamvec.index.costs`)
+
+    @property
+    def numeric(self) -> bool:
+        """Whether the search is mostly numeric work (products, ScaNN: they release the GIL), worth
+        a thread of its own; else it is mostly Python, and a thread would only contend for the GIL."""
+        return costs.numeric(self.cost, len(self.pre) + sum(len(g) for g in self.post.values()))
 
 
 class _Group(NamedTuple):

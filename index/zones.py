@@ -12,7 +12,9 @@ at once, with the same exact comparisons that evaluate rows
   only if min < v, and so on (it may say "can" where no row matches, never "cannot"
   where one does);
 * a list column (tags) keeps each partition's distinct elements: ``CONTAINS v`` can be true
-  only where a list holds v (ALL: every value, ANY: one of them).
+  only where a list holds v (ALL: every value, ANY: one of them); when the partitions are
+  consecutive rows of one :class:`Columns` (an index's shards), exactly where the condition's
+  posting lists hold rows of the partition.
 
 Atoms combine by Kleene logic over the two possibilities (can be true, can be
 false), as :func:`beamvec.index.boxes.may_match` does over a plan's partition
@@ -69,6 +71,7 @@ class ZoneMaps:
         self.partitions = len(columns)
         self._parts = list(columns)
         self._zones: dict[str, _ColumnZones] = {}
+        self._whole = _laid_end_to_end(self._parts)
         self._atoms: dict[tuple[Predicate, bool], np.ndarray] = {}
 
     def may_match(self, predicate: Predicate) -> np.ndarray:
@@ -105,6 +108,9 @@ class ZoneMaps:
                 return self._judge(not_(atom), not truth)
             if not truth:
                 return z.has_value
+            if self._whole is not None:  # exactly: the partitions holding rows of the condition's posting lists
+                whole, bounds = self._whole
+                return np.diff(np.searchsorted(whole.holding(atom), bounds)) > 0
             every = atom.mode == "all"
             return np.array([(all if every else any)(_holds(held, v) for v in atom.values) for held in z.held],
                             bool) & z.has_value
@@ -114,6 +120,18 @@ class ZoneMaps:
         if len(z.ranged):
             out[z.ranged] = _ranged(z, atom)[0 if truth else 1]
         return out & z.has_value
+
+
+def _laid_end_to_end(parts: list[Columns]) -> tuple[Columns, np.ndarray] | None:
+    """When ``parts`` are consecutive segments of one :class:`Columns` (an index's shards' rows), it and the
+    bounds of the parts' rows in it; else None."""
+    within = [part.within for part in parts]
+    if not within or any(w is None or w[0] is not within[0][0] for w in within):
+        return None
+    bounds = np.array([w[1] for w in within] + [within[-1][1] + parts[-1].num_rows], np.int64)
+    if any(int(bounds[i]) + part.num_rows != int(bounds[i + 1]) for i, part in enumerate(parts)):
+        return None
+    return within[0][0], bounds
 
 
 def _holds(held: np.ndarray, value) -> bool:

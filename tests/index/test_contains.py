@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from beamvec.index import Index, build_index, exact
 from beamvec.index.boxes import Box, may_match
 from beamvec.index.columns import Columns, masks_of
+from beamvec.index.masks import MaskCache
 from beamvec.index.parser import parse
 from beamvec.index.plan import AttributePlan, plan_from_json
 from beamvec.index.qdtree import QdTreePlan, Workload
@@ -92,7 +93,28 @@ def test_zone_maps_never_skip_a_partition_holding_a_match(p, rows, parts):
     may = zones.may_match(p)
     for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
         assert may[i] or not matches[a:b].any()
+        if isinstance(p, Contains) and not p.negated:  # judged from the posting lists: exactly
+            assert may[i] == matches[a:b].any()
         assert (p.evaluate(table_of(rows).slice(a, b - a)) == matches[a:b]).all()  # a segment reads its own rows
+
+
+@settings(max_examples=200, deadline=None)
+@given(predicates, tables, st.integers(1, 3))
+def test_shard_masks_from_posting_lists_match_the_evaluator(p, rows, parts):
+    """A shard's runs and masks (posting lists for list conditions, the other conjuncts over their span,
+    the sort column narrowed by binary search) over its rows of an index's columns."""
+    tags, nums, xs = rows
+    order = sorted(range(len(xs)), key=lambda i: (xs[i] is None, xs[i] or 0))  # as the layout sorts: nulls last
+    table = table_of(tuple([column[i] for i in order] for column in rows))
+    columns = Columns(table)
+    matches = p.evaluate(table)
+    cuts = np.linspace(0, columns.num_rows, parts + 1).astype(int)
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        cache = MaskCache(columns, sorted_by=("x",), rows=(int(a), int(b)))
+        run = cache.run(p)
+        assert cache.mask(p).tolist() == matches[a:b].tolist()
+        assert run.matches == int(matches[a:b].sum())
+        assert run.local is None or run.local.tolist() == matches[a:b][run.lo:run.hi].tolist()
 
 
 def test_a_null_list_whose_slot_spans_elements_holds_none_of_them():

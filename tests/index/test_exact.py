@@ -106,3 +106,24 @@ def test_recall_equals_set_overlap():
         truth = np.array([rng.permutation(np.arange(-1, 15))[:k_truth] for _ in range(n)]).reshape(n, k_truth)
         want = [len(set(t) & set(f) - {-1}) / len(set(t) - {-1}) if set(t) - {-1} else 1.0 for f, t in zip(found, truth)]
         assert exact.recall(found, truth).tolist() == pytest.approx(want)
+
+
+@pytest.mark.parametrize("metric", exact.METRICS)
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_groups_over_their_gathered_rows_equal_one_search_each(metric, data):
+    """search_gathered (one gather, one selection for many groups) gives what search_rows gives per group."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 10**6)))
+    n, d, k = data.draw(st.integers(1, 60)), data.draw(st.integers(1, 8)), data.draw(st.integers(1, 12))
+    vectors = exact.prepare(rng.standard_normal((n, d)).astype(np.float32), metric)
+    sizes = data.draw(st.lists(st.integers(1, 4), min_size=1, max_size=6))
+    rows = [np.flatnonzero(rng.random(n) < data.draw(st.sampled_from([0.05, 0.3, 1.0]))) for _ in sizes]
+    rows = [r if len(r) else np.array([int(rng.integers(n))]) for r in rows]
+    queries = exact.prepare(rng.standard_normal((sum(sizes), d)).astype(np.float32), metric)
+    got_rows, got_keys = exact.search_gathered(vectors, queries, k, metric, rows, sizes)
+    at = 0
+    for r, size in zip(rows, sizes):
+        want_rows, want_keys = exact.search_rows(vectors, queries[at:at + size], k, metric, r)
+        assert got_rows[at:at + size].tolist() == want_rows.tolist()
+        np.testing.assert_allclose(got_keys[at:at + size], want_keys, rtol=1e-5, atol=1e-5)
+        at += size
