@@ -157,7 +157,7 @@ class Columns:
         if lo == 0 and hi is None:
             return found
         hi = self.num_rows if hi is None else hi
-        return found[np.searchsorted(found, lo):np.searchsorted(found, hi)]
+        return found[found.searchsorted(lo):found.searchsorted(hi)]
 
     def compile(self, predicate: Predicate, conjuncts: tuple[int, ...] | None = None) -> Program:
         """``predicate`` compiled against these columns, once (not validated: see :meth:`Predicate.validate`);

@@ -383,14 +383,15 @@ class Shard:
                     continue
                 post_cost, fetch, leaves = costs.post_cost(self.num_rows, self.config, self.calibration, group.matches,
                                                            k, params)
-                pre_cost = min(self._pre_costs(group))
+                run_cost, gathered_cost = self._pre_costs(group)
+                pre_cost = min(run_cost, gathered_cost)
                 pre = self._searcher is None or pre_cost <= params.prefilter_cost_ratio * post_cost
                 if pre:
                     pre_groups.append(group)
                 else:
                     post_groups.setdefault((fetch, leaves), []).append(group)
                 cost += len(members) * (pre_cost if pre else post_cost)
-                if not pre or self._scores_masked_run(group):  # these read packed bits
+                if not pre or (not group.whole_run and run_cost <= gathered_cost):  # these read packed bits
                     self._masks.excluded_bits(p)
         return GroupPlan(pre_groups, post_groups, k, cost)
 
@@ -407,10 +408,11 @@ class Shard:
     def _pre_costs(self, group: "_Group") -> tuple[float, float]:
         return costs.pre_costs(self.num_rows, group.hi - group.lo, group.matches, len(group.members))
 
-    def _scores_masked_run(self, group: "_Group") -> bool:
-        """Whether a pre-filtered group with a mask scores its whole run (masked), rather than its gathered rows."""
+    def _scores_run(self, group: "_Group") -> bool:
+        """Whether a pre-filtered group scores its whole run (masked, unless every row of it matches),
+        rather than its gathered rows."""
         run, gathered = self._pre_costs(group)
-        return not group.whole_run and run <= gathered
+        return run <= gathered
 
     def _pre_filter(self, queries: np.ndarray, k: int, groups: list["_Group"], result: "ShardResult") -> None:
         """Exact scores: each group over its gathered rows, or over the run of rows its matches
@@ -418,16 +420,10 @@ class Shard:
         :mod:`beamvec.index.layout`); groups whose runs overlap share one masked product."""
         runs, gathered = [], []
         for g in groups:
-            (runs if g.whole_run or self._scores_masked_run(g) else gathered).append(g)
-        gathered.sort(key=lambda g: g.matches)  # batched with groups of about as many rows
-        while gathered:
-            batch, queries_in = [], 0
-            while gathered and (queries_in + len(gathered[0].members)) * gathered[0].matches <= _GATHERED_SCORES:
-                queries_in += len(gathered[0].members)
-                batch.append(gathered.pop(0))
-            batch = batch or [gathered.pop(0)]  # a group too large to batch: alone (search_rows blocks its queries)
+            (runs if self._scores_run(g) else gathered).append(g)
+        for batch in _gathered_batches(gathered):
             members = np.concatenate([g.members for g in batch])
-            rows = [g.lo + np.flatnonzero(g.local) for g in batch]
+            rows = [np.arange(g.lo, g.hi) if g.whole_run else g.lo + np.flatnonzero(g.local) for g in batch]
             if len(batch) == 1:
                 found = exact.search_rows(self.vectors, queries[members], k, self.metric, rows[0], result.stats)
             else:
@@ -551,6 +547,21 @@ class _Group(NamedTuple):
     def whole_run(self) -> bool:
         """Whether every row of the run matches (the run alone says which rows are allowed)."""
         return self.local is None
+
+
+def _gathered_batches(groups: list["_Group"]) -> list[list["_Group"]]:
+    """Gathered groups scored together: in order of their matches (batched with groups of about as
+    many rows), each batch's score matrix (its queries by its most matches) at most
+    :data:`_GATHERED_SCORES`; a group larger than that alone."""
+    batches: list[list[_Group]] = []
+    queries = 0
+    for g in sorted(groups, key=lambda g: g.matches):
+        if not batches or (queries + len(g.members)) * g.matches > _GATHERED_SCORES:
+            batches.append([])
+            queries = 0
+        batches[-1].append(g)
+        queries += len(g.members)
+    return batches
 
 
 def _mask_stack(bits: Sequence[np.ndarray | None], sizes: Sequence[int],

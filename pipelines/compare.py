@@ -527,7 +527,8 @@ def faiss_pre_filter(bench: Workbench, repeats: int, log, nprobes: Sequence[int]
     """faiss IndexIVFFlat (inner product), queries grouped by predicate, one IDSelectorBitmap per group,
     each group threaded over its queries or, when it has few, over its inverted lists.
 
-    After the sweep, the lowest nprobe that reaches ``target`` recall (mean and most
+    Past ``nprobes``, nprobe doubles up to every list (exhaustive: the bitmap filters every row)
+    until the target is reached. Then the lowest nprobe that reaches ``target`` recall (mean and most
     selective decile) is searched for between the settings around it, so the peer is
     compared at its fastest setting that meets the target, not at a coarse grid point.
     A fresh batch groups its queries, evaluates the masks and packs the bitmaps inside the clock.
@@ -580,8 +581,16 @@ def faiss_pre_filter(bench: Workbench, repeats: int, log, nprobes: Sequence[int]
         log(m.markdown())
         return m
 
-    out = [measure(nprobe) for nprobe in nprobes]
-    add_lowest_reaching(out, nprobes, lambda nprobe: min(bench.score(run(nprobe, False))) >= target,
+    # Past the sweep, nprobe doubles up to every list (exhaustive, bitmap-filtered) until one reaches the target.
+    knobs = sorted({min(p, nlist) for p in nprobes})
+    while knobs[-1] < nlist:
+        knobs.append(min(2 * knobs[-1], nlist))
+    out: list[Measurement] = []
+    for nprobe in knobs:
+        out.append(measure(nprobe))
+        if nprobe >= max(nprobes) and min(out[-1].recall, out[-1].recall_selective) >= target:
+            break
+    add_lowest_reaching(out, knobs, lambda nprobe: min(bench.score(run(nprobe, False))) >= target,
                         lambda low, high: (low + high) // 2 if high - low > max(8, low // 16) else None,
                         lambda nprobe: measure(nprobe, f" (lowest reaching {target})"), target)
     return out
