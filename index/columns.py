@@ -78,6 +78,7 @@ class Columns:
         self._contains: dict[Contains, Column] = {}
         self._holding: dict[Contains, np.ndarray] = {}  # rows where list conditions hold
         self._holding_bytes = 0
+        self._codes: dict[str, dict[str, int]] = {}  # of list columns' element strings
         self._truths: dict[Predicate, tuple[np.ndarray, np.ndarray]] = {}  # of predicates with list conditions
         self._parent: tuple[Columns, int] | None = None
 
@@ -148,7 +149,7 @@ class Columns:
         found = self._holding.get(atom)
         if found is None:
             column = self.column(atom.column)
-            found = posting_rows(column, list_keys(column, atom.values), atom, 0, self.num_rows)
+            found = posting_rows(column, self._list_keys(atom.column, atom.values), atom)
             self._holding_bytes += found.nbytes
             if self._holding_bytes > _HOLDING_BYTES:
                 self._holding.clear()
@@ -158,6 +159,16 @@ class Columns:
             return found
         hi = self.num_rows if hi is None else hi
         return found[found.searchsorted(lo):found.searchsorted(hi)]
+
+    def _list_keys(self, name: str, values: tuple) -> list[int]:
+        """The distinct keys of ``values`` that elements of the list column ``name`` hold (of its element domain)."""
+        column = self.column(name)
+        if column.dictionary is None:
+            return [int(v) for v in dict.fromkeys(values) if isinstance(v, int) and column.low <= v <= column.high]
+        codes = self._codes.get(name)
+        if codes is None:  # the dictionary's strings by code, once per column
+            codes = self._codes[name] = {v: i for i, v in enumerate(column.dictionary.tolist())}
+        return [codes[v] for v in dict.fromkeys(values) if isinstance(v, str) and v in codes]
 
     def compile(self, predicate: Predicate, conjuncts: tuple[int, ...] | None = None) -> Program:
         """``predicate`` compiled against these columns, once (not validated: see :meth:`Predicate.validate`);
@@ -307,35 +318,35 @@ def holds(predicate: Predicate, atom: Callable[[Predicate, bool], np.ndarray], n
     return atom(predicate, truth)
 
 
-def posting_rows(column: Column, keys: list[int], atom: Contains, lo: int, hi: int) -> np.ndarray:
-    """The rows lo..hi-1 (ascending) whose list holds every (mode "all") or some ("any") of ``atom``'s
-    values (``keys``: those the column holds, :func:`list_keys`), from the posting lists of the
-    encoded list ``column``: binary searches and the matching rows only, no pass over the rows."""
+def posting_rows(column: Column, keys: list[int], atom: Contains) -> np.ndarray:
+    """The rows (ascending) whose list holds every (mode "all") or some ("any") of ``atom``'s values
+    (``keys``: those the column holds), from the posting lists of the encoded list ``column``:
+    binary searches and the matching rows only, no pass over the rows."""
     every = atom.mode == "all"
     if not keys or (every and len(keys) < len(set(atom.values))):  # a value no list holds
         return np.zeros(0, np.int64)
     lists = []
     for key in keys:
-        rows = column.rows[np.searchsorted(column.values, key, "left"):np.searchsorted(column.values, key, "right")]
-        lists.append(rows[np.searchsorted(rows, lo):np.searchsorted(rows, hi)])
+        rows = column.rows[column.values.searchsorted(key, "left"):column.values.searchsorted(key, "right")]
+        lists.append(rows)
     if len(lists) == 1:
         return lists[0]
     if every:
         lists.sort(key=len)
         out = lists[0]
         for rows in lists[1:]:
-            out = out[np.isin(out, rows, assume_unique=True)] if len(out) else out
+            out = intersect_sorted(out, rows)
         return out
     return np.unique(np.concatenate(lists))
 
 
-def list_keys(column: Column, values: tuple) -> list[int]:
-    """The distinct keys of ``values`` that elements of the list ``column`` hold (of its element domain)."""
-    if column.dictionary is not None:
-        strings = [v for v in dict.fromkeys(values) if isinstance(v, str)]
-        at = np.searchsorted(column.dictionary, np.asarray(strings, object)) if strings else np.zeros(0, int)
-        return [int(i) for i, v in zip(at, strings) if i < len(column.dictionary) and column.dictionary[i] == v]
-    return [int(v) for v in dict.fromkeys(values) if isinstance(v, int) and column.low <= v <= column.high]
+def intersect_sorted(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The values of ascending, distinct ``a`` that ascending ``b`` holds: a binary search in ``b`` per
+    value of ``a`` (the shorter one, ideally), no sort."""
+    if not len(a) or not len(b):
+        return a[:0]
+    at = np.minimum(b.searchsorted(a), len(b) - 1)
+    return a[b[at] == a]
 
 
 def list_elements(array: pa.Array) -> tuple[np.ndarray, pa.Array]:

@@ -21,7 +21,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import pyarrow as pa
 
-from beamvec.index.columns import Columns
+from beamvec.index.columns import Columns, intersect_sorted
 from beamvec.index.predicate import And, Between, BoolColumn, Compare, Contains, In, IsNull, MatchAll, Predicate
 
 # Bytes of masks kept per table.
@@ -29,13 +29,15 @@ DEFAULT_BUDGET = 256 << 20
 
 
 class Run(NamedTuple):
-    """Where a predicate matches: ``matches`` rows, all within ``lo:hi``; ``local`` is the mask over
-    rows lo..hi-1 (None when every row of the run matches). An empty match is (0, 0, 0, None)."""
+    """Where a predicate matches: ``matches`` rows, all within ``lo:hi``; ``rows`` the matching rows,
+    ascending, when posting lists gave them, else ``local``, the mask over rows lo..hi-1 (None when
+    every row of the run matches). An empty match is (0, 0, 0, None)."""
 
     matches: int
     lo: int
     hi: int
     local: np.ndarray | None
+    rows: np.ndarray | None = None
 
 
 class MaskCache:
@@ -73,7 +75,10 @@ class MaskCache:
             return None
         run = self.run(predicate)
         mask = np.zeros(self.num_rows, bool)
-        mask[run.lo:run.hi] = True if run.local is None else run.local
+        if run.rows is not None:
+            mask[run.rows] = True
+        else:
+            mask[run.lo:run.hi] = True if run.local is None else run.local
         return mask
 
     def excluded_bits(self, predicate: Predicate) -> np.ndarray | None:
@@ -112,19 +117,14 @@ class MaskCache:
         listed = [i for i in rest if isinstance(parts[i], Contains) and not parts[i].negated]
         rows = self.columns.holding(parts[listed[0]], lo, hi)
         for i in listed[1:]:
-            rows = rows[np.isin(rows, self.columns.holding(parts[i], lo, hi), assume_unique=True)]
+            rows = intersect_sorted(rows, self.columns.holding(parts[i], lo, hi))
         others = tuple(i for i in rest if i not in listed)
         if len(rows) and others:
             local = self.columns.run(predicate, int(rows[0]), int(rows[-1]) + 1, conjuncts=others)[0]
             rows = rows[local[rows - rows[0]]]
         if not len(rows):
             return Run(0, 0, 0, None)
-        first, last = int(rows[0]), int(rows[-1]) + 1
-        local = None
-        if len(rows) < last - first:
-            local = np.zeros(last - first, bool)
-            local[rows - first] = True
-        return Run(len(rows), first - self.start, last - self.start, local)
+        return Run(len(rows), int(rows[0]) - self.start, int(rows[-1]) + 1 - self.start, None, rows - self.start)
 
     def _narrow(self, parts: tuple[Predicate, ...]) -> tuple[int, int, list[int]]:
         """The run of rows (of the columns) the conjuncts ``parts`` on the sort columns allow, and the

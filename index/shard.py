@@ -423,7 +423,8 @@ class Shard:
             (runs if self._scores_run(g) else gathered).append(g)
         for batch in _gathered_batches(gathered):
             members = np.concatenate([g.members for g in batch])
-            rows = [np.arange(g.lo, g.hi) if g.whole_run else g.lo + np.flatnonzero(g.local) for g in batch]
+            rows = [g.rows if g.rows is not None else np.arange(g.lo, g.hi) if g.local is None
+                    else g.lo + np.flatnonzero(g.local) for g in batch]
             if len(batch) == 1:
                 found = exact.search_rows(self.vectors, queries[members], k, self.metric, rows[0], result.stats)
             else:
@@ -533,8 +534,8 @@ class GroupPlan(NamedTuple):
 
 class _Group(NamedTuple):
     """Queries sharing a predicate: the predicate, their positions, and where it matches
-    (:class:`beamvec.index.masks.Run`): ``matches`` rows within ``lo:hi``, ``local`` the
-    mask over that run (None when every row of it matches)."""
+    (:class:`beamvec.index.masks.Run`): ``matches`` rows within ``lo:hi``: ``rows``, when known,
+    else those ``local`` marks over the run (None when every row of it matches)."""
 
     predicate: Predicate
     members: np.ndarray
@@ -542,21 +543,23 @@ class _Group(NamedTuple):
     lo: int
     hi: int
     local: np.ndarray | None
+    rows: np.ndarray | None = None
 
     @property
     def whole_run(self) -> bool:
         """Whether every row of the run matches (the run alone says which rows are allowed)."""
-        return self.local is None
+        return self.matches == self.hi - self.lo
 
 
 def _gathered_batches(groups: list["_Group"]) -> list[list["_Group"]]:
-    """Gathered groups scored together: in order of their matches (batched with groups of about as
-    many rows), each batch's score matrix (its queries by its most matches) at most
-    :data:`_GATHERED_SCORES`; a group larger than that alone."""
+    """Gathered groups scored together: in order of their matches, each batch's groups within a factor
+    of two of each other's matches (a batch's score matrix pads every group to its most) and its score
+    matrix (its queries by its most matches) at most :data:`_GATHERED_SCORES`; a group larger than that alone."""
     batches: list[list[_Group]] = []
     queries = 0
     for g in sorted(groups, key=lambda g: g.matches):
-        if not batches or (queries + len(g.members)) * g.matches > _GATHERED_SCORES:
+        if (not batches or g.matches > 2 * batches[-1][0].matches
+                or (queries + len(g.members)) * g.matches > _GATHERED_SCORES):
             batches.append([])
             queries = 0
         batches[-1].append(g)
