@@ -23,13 +23,6 @@ _COST_GATHER_GROUP = 6_000.0  # per predicate group gathered (mask to rows, its 
 _COST_SCANN_QUERY = 10_000.0  # post-filter: fixed cost of one ScaNN query
 _COST_AH_ROW = 2.0  # post-filter: asymmetric hashing with 16-entry lookup tables
 _COST_REORDER_ROW = 29.0  # post-filter: exact re-scoring of fetched candidates, and filtering them
-# A shard's search with less work per group of queries is mostly Python (many small calls).
-_NUMERIC_GROUP = 1_000_000.0
-
-
-def numeric(cost: float, groups: int) -> bool:
-    """Whether a search estimated at ``cost`` for ``groups`` groups of queries is mostly numeric work."""
-    return cost >= _NUMERIC_GROUP * max(groups, 1)
 
 
 def post_cost(num_rows: int, config: ShardConfig, calibration: Calibration, matches: int, k: int,

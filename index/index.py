@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -242,10 +242,6 @@ class Index:
             planned = plan_shard(shard, ordinal, queries, members, k, params)
             if pool is None:
                 return run_shard(planned, prepared[members], k)
-            if not planned.plan.numeric:  # a worker would hold up this thread (the GIL) more than it helps
-                done = Future()
-                done.set_result(run_shard(planned, prepared[members], k, False))
-                return done
             return pool.submit(run_shard, planned, prepared[members], k, False)
 
         # One BLAS thread always: products are per shard and small, and their sums then add

@@ -374,7 +374,7 @@ class Shard:
         so an index plans its shards on one thread and executes them on many."""
         params = params or SearchParams()
         stats = stats or SearchStats()
-        pre_groups, post_groups, cost = [], {}, 0.0
+        pre_groups, post_groups = [], {}
         k = self.candidates(k, params)
         with stats.timed("masks"):
             for p, members in groups.items():
@@ -390,10 +390,9 @@ class Shard:
                     pre_groups.append(group)
                 else:
                     post_groups.setdefault((fetch, leaves), []).append(group)
-                cost += len(members) * (pre_cost if pre else post_cost)
                 if not pre or (not group.whole_run and run_cost <= gathered_cost):  # these read packed bits
                     self._masks.excluded_bits(p)
-        return GroupPlan(pre_groups, post_groups, k, cost)
+        return GroupPlan(pre_groups, post_groups, k)
 
     def execute(self, queries: np.ndarray, k: int, plan: "GroupPlan", parallel: bool = True) -> "ShardResult":
         """Search the prepared ``queries`` as ``plan`` (:meth:`plan_groups`) says."""
@@ -523,13 +522,6 @@ class GroupPlan(NamedTuple):
     pre: list["_Group"]
     post: dict[tuple[int, int], list["_Group"]]
     k: int  # results per query searched for (more than asked when re-ranking)
-    cost: float = 0.0  # estimated nanoseconds (:mod:`beamvec.index.costs`)
-
-    @property
-    def numeric(self) -> bool:
-        """Whether the search is mostly numeric work (products, ScaNN: they release the GIL), worth
-        a thread of its own; else it is mostly Python, and a thread would only contend for the GIL."""
-        return costs.numeric(self.cost, len(self.pre) + sum(len(g) for g in self.post.values()))
 
 
 class _Group(NamedTuple):
