@@ -381,7 +381,8 @@ def make_tag_items(n: int, dimension: int = 64, seed: int = 0, clusters: int = 6
     return pa.table({
         "id": id_values if ids == "int" else pc.binary_join_element_wise("item-", id_values.cast(pa.string()), ""),
         "vector": vectors_array(vectors),
-        "tags": pa.ListArray.from_arrays(pa.array(offsets), pa.array(_tag_names(tags)), mask=pa.array(null)),
+        "tags": pa.ListArray.from_arrays(pa.array(offsets), pa.array(_tag_names(np.arange(VOCABULARY))).take(tags),
+                                         mask=pa.array(null)),
     })
 
 
